@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create or refresh .venv first; a second run installs nothing new.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Extra flags for `python -m venv`, e.g. VENV_FLAGS=--system-site-packages to
+# reuse a detectron2 built from source in the base environment.
+VENV_FLAGS ?=
+STAMP := $(VENV)/.soco_d2-installed
+PYTEST_ARGS ?=
+METHOD ?= soco
+
+.PHONY: venv demo test test-slow bench clean-demo
+
+venv: $(STAMP)
+
+# Refreshed whenever the pins, the package metadata or the installer change.
+$(STAMP): constraints.txt setup.py tools/install_detectron2.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt "pip>=23" setuptools wheel
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt torch torchvision
+	$(PY) tools/install_detectron2.py --constraints constraints.txt
+	$(PIP) install --quiet --disable-pip-version-check --no-build-isolation -c constraints.txt -e ".[test,cityscapes]"
+	$(PY) -m soco_d2.compat
+	@touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: venv
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) tools/transfer_net.py --config-file configs/transfer/demo_mask_rcnn_R_50_FPN.yaml
+
+bench: venv
+	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean-demo:
+	rm -rf output/demo proposals/demo_*

@@ -1,0 +1,250 @@
+"""Shims that let detectron2 0.6 run on numpy 2, Pillow >= 10, setuptools >= 82
+and torch 2.14, without its compiled ``_C`` extension.
+
+Every shim restores exactly one missing thing and does nothing when that thing
+is already there, so a detectron2 built from source (or a recent release) on an
+older stack is left untouched.  ``apply()`` runs the shims that must precede the
+first ``import detectron2.<anything>``; ``soco_d2/__init__.py`` calls it before
+anything else, and every entry point (tools, spawned workers) imports
+``soco_d2`` first.  ``apply_after_import()`` patches the two attributes that
+only exist once detectron2 / cityscapesscripts modules are loaded.
+
+``APPLIED`` lists the names of the shims that actually changed something in
+this process; ``python -m soco_d2.compat`` prints it.  This is the only module
+of soco_d2 that patches third-party code.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import types
+import warnings
+
+APPLIED: list[str] = []
+
+INSTALL_HINT = (
+    "soco_d2 needs detectron2, which is not on PyPI. Install it with\n"
+    "    make venv                 (creates .venv with everything), or\n"
+    "    python tools/install_detectron2.py   (into the current environment),\n"
+    "or build it from source with CUDA ops:\n"
+    "    pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
+)
+
+# Features that need the compiled ops, named in the placeholder's error.
+_COMPILED_FEATURES = (
+    "rotated boxes (RotatedBoxes IoU, nms_rotated, ROIAlignRotated, RRPN), "
+    "modulated deformable conv (DEFORM_MODULATED) and deformable conv on CUDA, "
+    "and the fast C++ COCOeval"
+)
+
+
+class MissingCompiledOpsError(RuntimeError):
+    """A detectron2 feature that needs the compiled ``detectron2._C`` ops was used."""
+
+
+def require_detectron2() -> None:
+    """Fail with one clear message when detectron2 is not importable."""
+    if importlib.util.find_spec("detectron2") is None:
+        raise ImportError("detectron2 is not installed.\n" + INSTALL_HINT)
+
+
+def has_compiled_ops() -> bool:
+    mod = sys.modules.get("detectron2._C")
+    if mod is not None:
+        return not getattr(mod, "__soco_d2_placeholder__", False)
+    return importlib.util.find_spec("detectron2._C") is not None
+
+
+def _placeholder_getattr(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise MissingCompiledOpsError(
+        f"detectron2._C.{name} is unavailable: this detectron2 was installed without its "
+        f"compiled ops, which provide {_COMPILED_FEATURES}. Build detectron2 from source "
+        "(see README, 'detectron2 with CUDA ops') to use them."
+    )
+
+
+def _shim_compiled_ops_placeholder() -> None:
+    # detectron2 0.6 does `from detectron2 import _C` at import of layers/ and
+    # evaluation/, and utils/collect_env.py asks _C for compiler/CUDA versions.
+    if has_compiled_ops():
+        return
+    mod = types.ModuleType("detectron2._C", "placeholder for detectron2's missing compiled ops (soco_d2.compat)")
+    mod.__soco_d2_placeholder__ = True
+    mod.get_compiler_version = lambda: "none (python-only install)"
+    mod.get_cuda_version = lambda: "none (python-only install)"
+    mod.has_cuda = lambda: False
+    mod.__getattr__ = _placeholder_getattr
+    sys.modules["detectron2._C"] = mod
+    APPLIED.append("compiled_ops_placeholder")
+
+
+_TORCH_LIBRARIES: list = []  # torch.library.Library objects must stay alive
+
+
+def _raise_nms_rotated(*args, **kwargs):
+    _placeholder_getattr("nms_rotated")
+
+
+def _shim_nms_rotated_placeholder() -> None:
+    # layers/nms.py calls torch.ops.detectron2.nms_rotated, which only the
+    # compiled extension registers; define it so its use names what is missing.
+    if has_compiled_ops():
+        return
+    import torch
+
+    try:
+        torch.ops.detectron2.nms_rotated
+        return
+    except (AttributeError, RuntimeError):
+        pass
+    lib = torch.library.Library("detectron2", "FRAGMENT")
+    lib.define("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor")
+    lib.impl("nms_rotated", _raise_nms_rotated, "CompositeExplicitAutograd")
+    _TORCH_LIBRARIES.append(lib)
+    APPLIED.append("nms_rotated_placeholder")
+
+
+def _shim_pillow_linear() -> None:
+    # data/transforms/transform.py: ExtentTransform's default interp=Image.LINEAR
+    # is evaluated at import; Pillow 10 removed LINEAR.
+    from PIL import Image
+
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+        APPLIED.append("pillow_linear")
+
+
+_NUMPY_ALIASES = {"int": int, "float": float, "str": str, "object": object, "bool": bool}
+
+
+def _shim_numpy_aliases() -> None:
+    # np.str in pascal_voc.py, np.int in data/build.py and sem_seg_evaluation.py,
+    # np.float in sem_seg_evaluation.py, np.bool in structures/masks.py (numpy<2).
+    import numpy as np
+
+    added = [name for name in _NUMPY_ALIASES if name not in np.__dict__]
+    for name in added:
+        setattr(np, name, _NUMPY_ALIASES[name])
+    if added:
+        APPLIED.append("numpy_aliases:" + ",".join(added))
+
+
+def _numpy_in1d(ar1, ar2, assume_unique=False, invert=False, *, kind=None):
+    import numpy as np
+
+    return np.isin(np.ravel(ar1), ar2, assume_unique=assume_unique, invert=invert, kind=kind)
+
+
+def _shim_numpy_in1d() -> None:
+    # cityscapesscripts 2.3 evaluation (assignGt2Preds) calls np.in1d, removed in numpy 2.4.
+    import numpy as np
+
+    if "in1d" not in np.__dict__:
+        np.in1d = _numpy_in1d
+        APPLIED.append("numpy_in1d")
+
+
+def _resource_filename(package: str, resource: str) -> str:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(package)
+    return os.path.join(list(spec.submodule_search_locations)[0], resource)
+
+
+def _shim_pkg_resources() -> None:
+    # model_zoo/model_zoo.py imports pkg_resources (gone in setuptools >= 82) for
+    # resource_filename only.
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
+        return
+    mod = types.ModuleType("pkg_resources", "minimal stand-in for detectron2.model_zoo (soco_d2.compat)")
+    mod.resource_filename = _resource_filename
+    sys.modules["pkg_resources"] = mod
+    APPLIED.append("pkg_resources_stub")
+
+
+def _silence_known_warnings() -> None:
+    # torch 2.14 deprecations raised by detectron2 0.6 code at import/run time;
+    # they are harmless here and would break `pytest -W error`.
+    for message in (
+        r"`torch\.jit\.script` is deprecated",
+        r"torch\.jit\.script.*deprecated",
+        r"torch\.meshgrid: in an upcoming release",
+        r"TypedStorage is deprecated",
+        r"`torch\.cuda\.amp\.(GradScaler|autocast)\(args\.\.\.\)` is deprecated",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def apply() -> list[str]:
+    """Apply the pre-import shims (idempotent); return the names applied so far."""
+    require_detectron2()
+    _shim_compiled_ops_placeholder()
+    _shim_nms_rotated_placeholder()
+    _shim_pillow_linear()
+    _shim_numpy_aliases()
+    _shim_numpy_in1d()
+    _shim_pkg_resources()
+    _silence_known_warnings()
+    return list(APPLIED)
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj.__dict__
+
+
+def _write_dict_to_json(dict_, path):
+    with open(path, "w") as f:
+        f.write(json.dumps(dict_, default=_json_default, sort_keys=True, indent=4, separators=(",", ": ")))
+
+
+def _shim_cocoeval_fallback() -> None:
+    # COCOEvaluator(use_fast_impl=True), the default, needs _C's COCOeval_opt;
+    # fall back to pycocotools' COCOeval, which gives the same numbers.
+    if has_compiled_ops():
+        return
+    from pycocotools.cocoeval import COCOeval
+
+    import detectron2.evaluation.coco_evaluation as coco_evaluation
+
+    if coco_evaluation.COCOeval_opt is not COCOeval:
+        coco_evaluation.COCOeval_opt = COCOeval
+        APPLIED.append("cocoeval_fallback")
+
+
+def patch_cityscapes_evaluation() -> None:
+    """cityscapesscripts 2.3 writes matches.json with a json default that fails on
+    numpy scalars (numpy >= 2 returns np.int64 from count_nonzero)."""
+    if importlib.util.find_spec("cityscapesscripts") is None:
+        return
+    import numpy as np
+    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as ev
+
+    if getattr(ev.writeDict2JSON, "__module__", None) == __name__:
+        return
+    try:  # only needed when numpy scalars lack __dict__ (always on numpy >= 2)
+        json.dumps(np.int64(1), default=lambda o: o.__dict__)
+        return
+    except (TypeError, AttributeError):
+        pass
+    ev.writeDict2JSON = _write_dict_to_json
+    APPLIED.append("cityscapes_json")
+
+
+def apply_after_import() -> None:
+    """Shims that patch attributes of already-imported modules."""
+    _shim_cocoeval_fallback()
+
+
+if __name__ == "__main__":
+    apply()
+    apply_after_import()
+    print("compiled ops:", "yes" if has_compiled_ops() else "no (placeholder)")
+    print("shims applied:", ", ".join(APPLIED) or "none")

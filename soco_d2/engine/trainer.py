@@ -1,0 +1,110 @@
+"""The trainer every soco_d2 run uses: detectron2's ``DefaultTrainer`` made to
+run the same way on CPUs and GPUs, and to resume exactly.
+
+Differences from detectron2 0.6's ``DefaultTrainer``:
+* DDP is created without ``device_ids`` when the model is on CPU (0.6 always
+  passes them, which DDP rejects for CPU modules);
+* ``SOLVER.AMP.ENABLED`` uses detectron2's ``AMPTrainer`` on CUDA and bf16
+  ``torch.autocast("cpu")`` on CPU (``AMPTrainer`` asserts CUDA);
+* checkpoints hold the optimizer (and grad-scaler) state, which 0.6 drops.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+
+class CPUAutocastTrainer(SimpleTrainer):
+    """SimpleTrainer whose forward runs under bf16 ``torch.autocast("cpu")``.
+
+    bf16 keeps fp32's exponent range, so no gradient scaler is needed.
+    """
+
+    def run_step(self):
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        loss_dict = {k: v.float() for k, v in loss_dict.items()}
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def wrap_ddp(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """detectron2's ``create_ddp_model`` with ``device_ids`` only for CUDA modules."""
+    if model_device(model).type == "cuda":
+        kwargs.setdefault("device_ids", [comm.get_local_rank()])
+    else:
+        kwargs["device_ids"] = None
+    return create_ddp_model(model, **kwargs)
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with CPU-safe DDP, CPU bf16 autocast and full resume state.
+
+    Subclasses override the usual ``build_*`` classmethods; ``ddp_kwargs`` and
+    ``build_step_trainer`` are the two extra extension points.
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_ddp(model, **self.ddp_kwargs(cfg))
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def ddp_kwargs(cls, cfg) -> dict:
+        return {"broadcast_buffers": False}
+
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
+        if not cfg.SOLVER.AMP.ENABLED:
+            return SimpleTrainer(model, data_loader, optimizer)
+        if model_device(model).type == "cuda":
+            return AMPTrainer(model, data_loader, optimizer)
+        logging.getLogger(__name__).info("SOLVER.AMP.ENABLED on CPU: using bf16 torch.autocast('cpu')")
+        return CPUAutocastTrainer(model, data_loader, optimizer)
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logging.getLogger(__name__).warning("checkpoint has no optimizer state; optimizer starts fresh")
