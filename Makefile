@@ -26,12 +26,19 @@ $(STAMP): constraints.txt setup.py tools/install_detectron2.py
 	@touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 test-slow: venv
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# The whole pipeline on the embedded demo data, on CPU:
+# proposals -> pretrain (METHOD) -> convert -> transfer (pretrained vs random init).
 demo: venv
+	@echo "== 1/4 precompute proposals and masks for demo_images"
+	@echo "== 2/4 pretrain $(METHOD) on demo_images"
+	@echo "== 3/4 convert the checkpoint to the detectron2 model zoo format"
+	@echo "== 4/4 transfer: Mask R-CNN R50-FPN on demo_instances_train -> demo_instances_val"
 	$(PY) tools/transfer_net.py --config-file configs/transfer/demo_mask_rcnn_R_50_FPN.yaml
 
 bench: venv

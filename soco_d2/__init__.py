@@ -14,6 +14,7 @@ except ImportError as _err:  # detectron2 missing: one clear message, no chained
 
 from .config import add_pretrain_config, get_pretrain_cfg  # noqa: E402
 from . import data  # noqa: E402,F401  (registers the datasets)
+from . import modeling  # noqa: E402,F401  (registers the meta-architectures)
 
 _compat.apply_after_import()
 

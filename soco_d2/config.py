@@ -35,8 +35,34 @@ def project_config_path(name: str) -> str:
     return os.path.join(REPO_ROOT, "configs", name)
 
 
+def _add_ssl_config(cfg: CN) -> None:
+    """MODEL.SSL (shared by every method: projector dims, momentum, temperature),
+    INPUT.SSL (views, augmentations) and the SOLVER additions (LARS, warmup-cosine)."""
+
+
+def _add_proposals_config(cfg: CN) -> None:
+    """PROPOSALS: where the precomputed boxes / masks come from."""
+
+
+def _add_soco_config(cfg: CN) -> None:
+    """MODEL.SOCO: SoCo_C4 / SoCo_FPN / SoCo* specifics."""
+
+
+def _add_detcon_config(cfg: CN) -> None:
+    """MODEL.DETCON: DetCon-B / DetCon-S specifics."""
+
+
+def _add_densecl_config(cfg: CN) -> None:
+    """MODEL.DENSECL: DenseCL specifics."""
+
+
 def add_pretrain_config(cfg: CN) -> CN:
     """Add every soco_d2 key (with its default) to a detectron2 config."""
+    _add_ssl_config(cfg)
+    _add_proposals_config(cfg)
+    _add_soco_config(cfg)
+    _add_detcon_config(cfg)
+    _add_densecl_config(cfg)
     return cfg
 
 

@@ -1,0 +1,1 @@
+"""One module per method; importing this package registers them all."""
