@@ -9,7 +9,26 @@ PIP := $(PY) -m pip
 VENV_FLAGS ?=
 STAMP := $(VENV)/.soco_d2-installed
 PYTEST_ARGS ?=
+
+# `make demo METHOD=...` picks the pretraining method (configs/demo/<config>.yaml).
 METHOD ?= soco
+DEMO_CONFIG_soco := soco_r50_fpn
+DEMO_CONFIG_soco_c4 := soco_r50_c4
+DEMO_CONFIG_soco_star := soco_star_r50_fpn
+DEMO_CONFIG_detcon := detcon_b_r50_fpn
+DEMO_CONFIG_detcon_c5 := detcon_b_r50
+DEMO_CONFIG_detcon_s := detcon_s_r50
+DEMO_CONFIG_densecl := densecl_r50
+DEMO_CONFIG_byol := byol_r50
+DEMO_CONFIG_mocov2 := mocov2_r50
+PRETRAIN_CONFIG = $(DEMO_CONFIG_$(METHOD))
+# Files the demo steps hand to each other.
+DEMO_BOXES := proposals/demo_images_ss.pcache
+DEMO_MASKS := proposals/demo_images_fh.pcache
+DEMO_PRETRAIN_DIR = output/demo/pretrain/$(PRETRAIN_CONFIG)
+DEMO_CHECKPOINT = $(DEMO_PRETRAIN_DIR)/model_final.pth
+DEMO_CONVERTED = $(DEMO_PRETRAIN_DIR)/model_final_d2.pkl
+DEMO_TRANSFER_DIR := output/demo/transfer
 
 .PHONY: venv demo test test-slow bench clean-demo
 
@@ -35,6 +54,7 @@ test-slow: venv
 # The whole pipeline on the embedded demo data, on CPU:
 # proposals -> pretrain (METHOD) -> convert -> transfer (pretrained vs random init).
 demo: venv
+	@test -n "$(PRETRAIN_CONFIG)" || { echo "unknown METHOD=$(METHOD)"; exit 2; }
 	@echo "== 1/4 precompute proposals and masks for demo_images"
 	@echo "== 2/4 pretrain $(METHOD) on demo_images"
 	@echo "== 3/4 convert the checkpoint to the detectron2 model zoo format"
