@@ -36,24 +36,162 @@ def project_config_path(name: str) -> str:
 
 
 def _add_ssl_config(cfg: CN) -> None:
-    """MODEL.SSL (shared by every method: projector dims, momentum, temperature),
-    INPUT.SSL (views, augmentations) and the SOLVER additions (LARS, warmup-cosine)."""
+    """MODEL.SSL (shared by every method: heads, momentum, temperature, queue),
+    INPUT.SSL (views, augmentations) and the SOLVER additions (LARS, warmup-cosine by epochs)."""
+    cfg.MODEL.SSL = CN()
+    # Projector / predictor MLPs: Linear(in -> HIDDEN) -> norm -> ReLU -> Linear(HIDDEN -> DIM).
+    cfg.MODEL.SSL.PROJ_HIDDEN_DIM = 4096
+    cfg.MODEL.SSL.PROJ_DIM = 256
+    cfg.MODEL.SSL.PRED_HIDDEN_DIM = 4096  # predictor (BYOL-style online branch only); 0 = no predictor
+    # Norm of the MLPs' hidden layer: any detectron2 get_norm name ("SyncBN", "BN",
+    # "naiveSyncBN") or "" for none (MoCo-v2 / DenseCL heads have no norm).
+    cfg.MODEL.SSL.HEAD_NORM = "SyncBN"
+    cfg.MODEL.SSL.HEAD_LAST_BIAS = True  # bias on the MLPs' last Linear (SoCo: yes, DetCon: no)
+    # Momentum (EMA) target network: tau goes from MOMENTUM to 1.0 by cosine over
+    # SOLVER.MAX_ITER ("cosine", BYOL/SoCo/DetCon) or stays at MOMENTUM ("constant", MoCo/DenseCL).
+    # tau is a function of the iteration only, so a resumed run continues the schedule.
+    cfg.MODEL.SSL.MOMENTUM = 0.99
+    cfg.MODEL.SSL.MOMENTUM_SCHEDULE = "cosine"
+    cfg.MODEL.SSL.TEMPERATURE = 0.2  # contrastive methods (MoCo-v2, DenseCL, DetCon)
+    cfg.MODEL.SSL.QUEUE_SIZE = 65536  # negatives queue (MoCo-v2, DenseCL)
+    # Shuffle-BN (MoCo-v2, DenseCL): with several processes, the key encoder forwards a
+    # random slice of the global batch (permutation broadcast from rank 0) and the outputs
+    # are un-shuffled; needed with plain per-process BN, redundant (harmless) with SyncBN.
+    cfg.MODEL.SSL.SHUFFLE_BN = True
+    # Zero-init the last norm of every residual branch (SoCo, DetCon, BYOL); detectron2 leaves it at 1.
+    cfg.MODEL.SSL.ZERO_INIT_RESIDUAL = True
+    # Backbone feature used by the image-level and C5 methods (BYOL, MoCo-v2, DenseCL, DetCon C5).
+    cfg.MODEL.SSL.FEATURE = "res5"
+
+    cfg.INPUT.SSL = CN()
+    # Name of the multi-view mapper in soco_d2.data.SSL_MAPPER_REGISTRY.
+    cfg.INPUT.SSL.MAPPER = "TwoViewMapper"
+    # One entry per view: output side in pixels (square views) and how the view is made:
+    # "whole" (the whole image resized, aspect not kept), "crop" (random resized crop),
+    # "downsample:J" (view J, before flip and colour, resized to this size; SoCo*'s V4).
+    cfg.INPUT.SSL.VIEW_SIZES = [224, 224]
+    cfg.INPUT.SSL.VIEW_TYPES = ["crop", "crop"]
+    cfg.INPUT.SSL.CROP_SCALE = (0.08, 1.0)  # area fraction range of the random resized crop
+    cfg.INPUT.SSL.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect ratio range (log-uniform)
+    cfg.INPUT.SSL.CROP_ATTEMPTS = 10  # torchvision: 10 tries then a centre crop; DetCon: 1 try
+    # When no attempt fits: "center" (torchvision: largest centred crop within CROP_RATIO)
+    # or "clip" (DetCon: the last attempt's width/height clipped to the image, random offset).
+    cfg.INPUT.SSL.CROP_FALLBACK = "center"
+    # image resize ("bilinear", "bicubic"; "nearest" for exact-geometry tests); masks use nearest
+    cfg.INPUT.SSL.INTERPOLATION = "bilinear"
+    cfg.INPUT.SSL.FLIP_PROB = 0.5
+    # Colour: ColorJitter(brightness, contrast, saturation, hue) with probability JITTER_PROB.
+    cfg.INPUT.SSL.COLOR_JITTER = (0.4, 0.4, 0.2, 0.1)
+    cfg.INPUT.SSL.JITTER_PROB = 0.8
+    cfg.INPUT.SSL.GRAYSCALE_PROB = 0.2
+    # Per-view probabilities of Gaussian blur (sigma ~ U(BLUR_SIGMA)) and solarisation;
+    # a list shorter than the views repeats its last entry ([1.0, 0.1]: V1 1.0, others 0.1).
+    cfg.INPUT.SSL.BLUR_PROBS = [1.0, 0.1]
+    cfg.INPUT.SSL.BLUR_SIGMA = (0.1, 2.0)
+    cfg.INPUT.SSL.SOLARIZE_PROBS = [0.0, 0.2]
+    # SoCo's cutout inside boxes: views (indices) it applies to, per-box probability,
+    # square area as a fraction of the box area.
+    cfg.INPUT.SSL.CUTOUT_VIEWS = []
+    cfg.INPUT.SSL.CUTOUT_PROB = 0.5
+    cfg.INPUT.SSL.CUTOUT_RATIO = (0.1, 0.3)
+
+    # Optimiser: "SGD" (detectron2's) or "LARS" (SGD momentum wrapped in layer-wise
+    # trust ratios). With LARS_EXCLUDE_1D, biases and norm weights get neither weight
+    # decay nor the trust ratio (SoCo, BYOL, DetCon).
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.LARS_ETA = 0.001
+    cfg.SOLVER.LARS_EPS = 0.0  # added to the gradient norm in the trust ratio (SoCo uses 1e-8)
+    cfg.SOLVER.LARS_EXCLUDE_1D = True
+    # Learning rate actually used = BASE_LR * IMS_PER_BATCH / REFERENCE_BATCH_SIZE
+    # (0 = use BASE_LR as is).
+    cfg.SOLVER.REFERENCE_BATCH_SIZE = 0
+    # Epoch-based schedules (> 0 wins over MAX_ITER / WARMUP_ITERS in the yaml, not over a
+    # SOLVER.MAX_ITER given on the command line): iterations = EPOCHS * len(dataset) // IMS_PER_BATCH.
+    cfg.SOLVER.EPOCHS = 0
+    cfg.SOLVER.WARMUP_EPOCHS = 0.0
+    # LR_SCHEDULER_NAME "WarmupCosineToEnd": linear warmup from WARMUP_FACTOR * lr over the warmup
+    # iterations, then cosine over the *remaining* iterations down to COSINE_END_LR (absolute).
+    # COSINE_PER_EPOCH keeps the lr constant within an epoch (DenseCL / MoCo-v2 recipes).
+    cfg.SOLVER.COSINE_END_LR = 0.0
+    cfg.SOLVER.COSINE_PER_EPOCH = False
+    # Stop with a clear message when the loss is NaN/inf (the last good checkpoint is kept).
+    cfg.SOLVER.NAN_GUARD = True
+    # Iterations per epoch (len(dataset) // IMS_PER_BATCH); filled in by the pretraining setup
+    # (soco_d2.engine.pretrain.apply_epoch_schedule), needed by COSINE_PER_EPOCH. 0 = unknown.
+    cfg.SOLVER.ITERS_PER_EPOCH = 0
+    # Engine: DDP's find_unused_parameters (SoCo's official code sets it: an FPN level may get
+    # no box in a batch), and how often / how smoothed metrics.json and TensorBoard are written
+    # (LOG_WINDOW 1 = the raw value of every written iteration; detectron2's default is 20).
+    cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS = False
+    cfg.SOLVER.LOG_PERIOD = 20
+    cfg.SOLVER.LOG_WINDOW = 20
 
 
 def _add_proposals_config(cfg: CN) -> None:
-    """PROPOSALS: where the precomputed boxes / masks come from."""
+    """PROPOSALS: where the precomputed boxes / masks come from and how they are sampled."""
+    cfg.PROPOSALS = CN()
+    # Proposal caches written by tools/precompute_proposals.py (one file per dataset:
+    # join shards with --merge first); keys are the datasets' image_id.
+    cfg.PROPOSALS.BOX_CACHE = ""  # selective-search boxes (SoCo)
+    cfg.PROPOSALS.MASK_CACHE = ""  # Felzenszwalb label maps (DetCon)
+    # An image of the training set that has no entry in the cache: "error" (default;
+    # the cache does not match the dataset) or "whole_image" (use the whole image).
+    cfg.PROPOSALS.MISSING = "error"
+    # SoCo sampling: K boxes per image per view pair, re-sampling the crops up to
+    # MAX_TRIES times while a pair has too few, padding to K by duplicates.
+    cfg.PROPOSALS.NUM_PER_VIEW = 4
+    cfg.PROPOSALS.MAX_TRIES = 5
+    # Jitter of the V1 copies of the boxes (SoCo FPN variants): probability and ratio.
+    cfg.PROPOSALS.JITTER_PROB = 0.5
+    cfg.PROPOSALS.JITTER_RATIO = 0.1
 
 
 def _add_soco_config(cfg: CN) -> None:
-    """MODEL.SOCO: SoCo_C4 / SoCo_FPN / SoCo* specifics."""
+    """MODEL.SOCO: SoCo_C4 / SoCo_FPN / SoCo* specifics.
+
+    The box head of the FPN variants is detectron2's ``MODEL.ROI_BOX_HEAD``
+    (``FastRCNNConvFCHead``, 4conv1fc, the same keys the Mask R-CNN fine-tune uses).
+    """
+    cfg.MODEL.SOCO = CN()
+    # "FPN": RoIAlign on IN_FEATURES (p2..p5) + ROI_BOX_HEAD; "C4": RoIAlign on res4 + res5 + avg pool.
+    cfg.MODEL.SOCO.REGION_HEAD = "FPN"
+    cfg.MODEL.SOCO.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.SOCO.POOLER_RESOLUTION = 7
+    cfg.MODEL.SOCO.POOLER_SAMPLING_RATIO = 0  # 0 = adaptive (ceil(roi size / bins)), as torchvision's -1
+    cfg.MODEL.SOCO.POOLER_TYPE = "ROIAlignV2"  # aligned=True
+    # FPN level of a box: "soco" (official: sqrt(area) in the view's pixels <= 48 -> P2,
+    # <= 96 -> P3, <= 192 -> P4, else P5) or "detectron2" (assign_boxes_to_levels, canonical 224 at P4).
+    cfg.MODEL.SOCO.LEVEL_ASSIGNMENT = "soco"
+    cfg.MODEL.SOCO.LEVEL_THRESHOLDS = [48, 96, 192]
+    # Parity option: pool every box on every level and run the head on all of them
+    # (the official code's cost, 4x; only the assigned level enters the loss, but the
+    # head's BatchNorm then sees all levels' RoIs).
+    cfg.MODEL.SOCO.POOL_ALL_LEVELS = False
 
 
 def _add_detcon_config(cfg: CN) -> None:
     """MODEL.DETCON: DetCon-B / DetCon-S specifics."""
+    cfg.MODEL.DETCON = CN()
+    cfg.MODEL.DETCON.VARIANT = "B"  # "B": BYOL-style momentum target; "S": SimCLR-style shared encoder
+    # Where the masks come from: "fh" (PROPOSALS.MASK_CACHE), "grid" (GRID_SIZE x GRID_SIZE
+    # cells of the image), "gt" (instance masks of a labeled dataset, background = one mask).
+    cfg.MODEL.DETCON.MASK_SOURCE = "fh"
+    cfg.MODEL.DETCON.GRID_SIZE = 5
+    cfg.MODEL.DETCON.NUM_MASKS = 16  # sampled per image per view, with replacement
+    # Features the masks are pooled from: ["res5"] (the paper, stride 32) or FPN levels
+    # ["p2", "p3", "p4", "p5"] (each mask pooled from the level its area selects, SoCo's rule).
+    cfg.MODEL.DETCON.IN_FEATURES = ["res5"]
+    cfg.MODEL.DETCON.LEVEL_THRESHOLDS = [48, 96, 192]
+    cfg.MODEL.DETCON.LOCAL_NEGATIVES = True  # other masks of the same image are negatives
 
 
 def _add_densecl_config(cfg: CN) -> None:
-    """MODEL.DENSECL: DenseCL specifics."""
+    """MODEL.DENSECL: DenseCL specifics (queues: MODEL.SSL.QUEUE_SIZE, tau: MODEL.SSL.TEMPERATURE)."""
+    cfg.MODEL.DENSECL = CN()
+    cfg.MODEL.DENSECL.LOSS_WEIGHT = 0.5  # lambda: (1 - lambda) * global + lambda * dense
+    cfg.MODEL.DENSECL.GRID_SIZE = 0  # adaptive-pool the dense head to GRID x GRID; 0 = keep (7x7 at 224)
+    # Dense loss weight is 0 (global weight 1) before this iteration (the official warm-up hook; 0 = off).
+    cfg.MODEL.DENSECL.WARMUP_ITERS = 0
 
 
 def add_pretrain_config(cfg: CN) -> CN:

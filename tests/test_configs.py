@@ -9,7 +9,7 @@ from soco_d2 import get_pretrain_cfg
 from soco_d2.config import model_zoo_config_path, project_config_path
 
 
-@pytest.mark.parametrize("name", ["Base-RCNN-FPN.yaml"])
+@pytest.mark.parametrize("name", ["Base-RCNN-FPN.yaml", "Base-RCNN-C4.yaml"])
 def test_restated_base_equals_stock(name):
     ours, stock = get_cfg(), get_cfg()
     ours.merge_from_file(project_config_path(name))

@@ -85,10 +85,3 @@ def _cpu_worker(local_rank, main_func, world_size, procs_per_machine, machine_ra
     finally:
         dist.destroy_process_group()
 
-
-def cpu_safe_norm(norm: str) -> str:
-    """``SyncBN`` needs CUDA once there is more than one process; detectron2's
-    ``naiveSyncBN`` syncs the same statistics through torch.distributed."""
-    if norm == "SyncBN" and comm.get_world_size() > 1 and not torch.cuda.is_available():
-        return "naiveSyncBN"
-    return norm

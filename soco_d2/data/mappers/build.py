@@ -1,0 +1,17 @@
+"""The registry of pretraining (multi-view) mappers, chosen by ``INPUT.SSL.MAPPER``."""
+from __future__ import annotations
+
+from detectron2.utils.registry import Registry
+
+SSL_MAPPER_REGISTRY = Registry("SSL_MAPPER")
+SSL_MAPPER_REGISTRY.__doc__ = """
+Registry of self-supervised pretraining mappers (``SoCoMapper``, ``TwoViewMapper``,
+``DetConMapper``).  Each is a callable ``mapper(dataset_dict) -> dict`` built as
+``Mapper(cfg, is_train=True)`` (``@configurable``); the output format is in
+``soco_d2.data.mappers``' docstring.
+"""
+
+
+def build_ssl_mapper(cfg, is_train: bool = True):
+    """The mapper named by ``cfg.INPUT.SSL.MAPPER``, built from ``cfg``."""
+    return SSL_MAPPER_REGISTRY.get(cfg.INPUT.SSL.MAPPER)(cfg, is_train=is_train)

@@ -1,0 +1,161 @@
+"""DetCon's two-view mapper with segment-id maps carried through every view (spec detcon.md §3-§4, §9)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.structures.masks import polygons_to_bitmask
+
+from ..augment import ViewResize
+from .base import LazyCache, MultiViewMapper
+from .build import SSL_MAPPER_REGISTRY
+
+__all__ = ["DetConMapper", "grid_label_map", "instances_label_map", "compact_ids"]
+
+MASK_SOURCES = ("fh", "grid", "gt")
+
+
+def grid_label_map(height: int, width: int, grid_size: int) -> np.ndarray:
+    """DetCon's spatial heuristic: pixel (y, x) -> cell ``row * G + col`` of a
+    G x G grid over the original image (a pixel belongs to the cell holding its centre)."""
+    g = int(grid_size)
+    if g < 1:
+        raise ValueError(f"MODEL.DETCON.GRID_SIZE must be >= 1, got {g}")
+    rows = np.minimum(((np.arange(height) + 0.5) * g / height).astype(np.int64), g - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * g / width).astype(np.int64), g - 1)
+    return (rows[:, None] * g + cols[None, :]).astype(np.int32)
+
+
+def _annotation_mask(segm, height: int, width: int) -> np.ndarray:
+    if isinstance(segm, list):  # COCO polygons
+        return polygons_to_bitmask(segm, height, width) if segm else np.zeros((height, width), bool)
+    if isinstance(segm, dict):  # RLE, compressed or not
+        from pycocotools import mask as mask_util
+
+        if isinstance(segm.get("counts"), list):
+            segm = mask_util.frPyObjects(segm, height, width)
+        return mask_util.decode(segm).astype(bool)
+    mask = np.asarray(segm).astype(bool)
+    if mask.shape != (height, width):
+        raise ValueError(f"binary mask of shape {mask.shape} for a {height}x{width} image")
+    return mask
+
+
+def instances_label_map(annotations, height: int, width: int) -> np.ndarray:
+    """Ground-truth instance masks -> one id map: background 0, instances 1..n.
+
+    Crowd regions are left to the background (as detectron2's training mapper
+    drops them).  Instances are painted from the largest to the smallest, so
+    where masks overlap the smaller object stays visible.
+    """
+    masks = [
+        _annotation_mask(a["segmentation"], height, width)
+        for a in annotations or []
+        if not a.get("iscrowd", 0) and a.get("segmentation") is not None
+    ]
+    label = np.zeros((height, width), dtype=np.int32)
+    for i in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
+        label[masks[i]] = i + 1
+    return label
+
+
+def compact_ids(maps: list[np.ndarray]) -> list[np.ndarray]:
+    """Renumber the ids present in any of the maps to 0..n-1 (same old id -> same new id
+    in every map, order kept)."""
+    flat = np.concatenate([m.ravel() for m in maps])
+    _, inverse = np.unique(flat, return_inverse=True)
+    out, start = [], 0
+    for m in maps:
+        out.append(inverse[start : start + m.size].reshape(m.shape).astype(np.int64))
+        start += m.size
+    return out
+
+
+@SSL_MAPPER_REGISTRY.register()
+class DetConMapper(MultiViewMapper):
+    """Views plus, per view, the segment-id map cropped, flipped and
+    nearest-resized with it.
+
+    Masks by ``MODEL.DETCON.MASK_SOURCE``: "fh" (Felzenszwalb label maps of
+    ``PROPOSALS.MASK_CACHE``; a map stored at reduced resolution is first
+    nearest-resized to the image, pixel-centre aligned), "grid"
+    (``GRID_SIZE`` x ``GRID_SIZE`` cells of the original image) or "gt" (the
+    dict's instance annotations, polygons or RLE; background is one segment).
+    The paper's views: ``INPUT.SSL.VIEW_SIZES [224, 224]``, ``VIEW_TYPES
+    ["crop", "crop"]``, ``CROP_SCALE (0.08, 1)``, ``CROP_ATTEMPTS 1`` with
+    ``CROP_FALLBACK "clip"``, ``INTERPOLATION "bicubic"``, BYOL colours.
+
+    Output: ``{"image_id", "views", "masks": [int64 (S, S) per view]}``; ids
+    are compacted to 0..n-1 over the ids present in any view, so the same id
+    is the same segment in every view of the image.  A missing cache entry with
+    ``PROPOSALS.MISSING whole_image`` gives one segment.
+
+    Deviation from the official code: colour ops follow torchvision/PIL
+    semantics (multiplicative brightness, PIL blur radius) rather than the
+    TF/dm-pix ones; ids are not wrapped to uint8 (the official maps wrap
+    modulo 256 on images with many segments).
+    """
+
+    @configurable
+    def __init__(self, *, mask_source: str = "fh", mask_cache=None, grid_size: int = 5, missing: str = "error", **kwargs):
+        """
+        Args:
+            mask_source: "fh", "grid" or "gt".
+            mask_cache: for "fh": path of a mask ``ProposalCache`` (opened lazily,
+                once per process) or a mapping ``{image_id: (H', W') int label map}``.
+        """
+        super().__init__(**kwargs)
+        if mask_source not in MASK_SOURCES:
+            raise ValueError(f"MODEL.DETCON.MASK_SOURCE must be one of {MASK_SOURCES}, got {mask_source!r}")
+        self.mask_source = mask_source
+        self.masks = LazyCache(mask_cache, "mask", missing, "PROPOSALS.MASK_CACHE") if mask_source == "fh" else None
+        self.grid_size = int(grid_size)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        kwargs = cls.base_kwargs(cfg)
+        kwargs.update(
+            mask_source=cfg.MODEL.DETCON.MASK_SOURCE,
+            mask_cache=cfg.PROPOSALS.MASK_CACHE,
+            grid_size=cfg.MODEL.DETCON.GRID_SIZE,
+            missing=cfg.PROPOSALS.MISSING,
+            is_train=is_train,
+        )
+        return kwargs
+
+    def label_map(self, dataset_dict: dict, height: int, width: int) -> np.ndarray:
+        """The image's segment-id map at the image's resolution (int32)."""
+        if self.mask_source == "grid":
+            return grid_label_map(height, width, self.grid_size)
+        if self.mask_source == "gt":
+            if "annotations" not in dataset_dict:
+                raise KeyError(
+                    f"MASK_SOURCE 'gt' needs 'annotations' in the dataset dicts (image {dataset_dict['image_id']!r}); "
+                    "use a labeled dataset such as coco_2017_train"
+                )
+            return instances_label_map(dataset_dict["annotations"], height, width)
+        label = self.masks.lookup(str(dataset_dict["image_id"]), (height, width))
+        if label is None:
+            return np.zeros((height, width), dtype=np.int32)
+        label = np.asarray(label)
+        if label.ndim == 3 and label.shape[0] == 1:
+            label = label[0]
+        if label.ndim != 2:
+            raise ValueError(f"mask of {dataset_dict['image_id']!r} has shape {label.shape}, expected (H, W)")
+        label = label.astype(np.int32, copy=False)
+        if label.shape != (height, width):
+            label = ViewResize(label.shape[0], label.shape[1], height, width).apply_segmentation(label)
+        return label
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict, image = self.read_image(dataset_dict)
+        height, width = image.shape[:2]
+        label = self.label_map(dataset_dict, height, width)
+        geoms = self.geometry(self.sample_rects(height, width), self.sample_flips(), height, width)
+        views = self.colorize(self.render(image, geoms))
+        masks = compact_ids([np.ascontiguousarray(g.transforms.apply_segmentation(label)) for g in geoms])
+        return {
+            "image_id": str(dataset_dict["image_id"]),
+            "views": views,
+            "masks": [torch.from_numpy(m) for m in masks],
+        }

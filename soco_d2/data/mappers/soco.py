@@ -1,0 +1,161 @@
+"""SoCo's multi-view mapper (SoCo_C4, SoCo_FPN, SoCo*), spec soco.md §2."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+
+from ..augment import cutout_in_boxes
+from ..boxes import build_pair_boxes, sanitize_proposals, select_pairs_with_retries
+from .base import LazyCache, MultiViewMapper, ViewGeometry, pixel_mean_rgb
+from .build import SSL_MAPPER_REGISTRY
+
+__all__ = ["SoCoMapper", "boxes_to_view"]
+
+
+def boxes_to_view(boxes: np.ndarray, geom: ViewGeometry) -> np.ndarray:
+    """Original-image boxes (already clipped to the view's window) -> the view's
+    final pixel frame (crop, resize(s), flip), clipped to [0, S]; float32 (K, 4)."""
+    out = geom.transforms.apply_box(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    return np.clip(out, 0.0, float(geom.spec.size)).astype(np.float32)
+
+
+@SSL_MAPPER_REGISTRY.register()
+class SoCoMapper(MultiViewMapper):
+    """Views and proposal boxes of SoCo, following the released scripts.
+
+    Views by ``INPUT.SSL.VIEW_SIZES / VIEW_TYPES``: SoCo_FPN ``[224, 224, 112]``
+    ``["whole", "crop", "crop"]``; SoCo_C4 ``[224, 224]`` ``["whole", "crop"]``;
+    SoCo* ``[224, 224, 192, 112]`` ``["whole", "crop", "crop", "downsample:1"]``.
+    Pairs are (0, j) for every j >= 1.
+
+    Per sample: proposals of the image (``PROPOSALS.BOX_CACHE``, original
+    pixels; none -> one whole-image box) get ids 1..M; crop windows are drawn
+    and K candidates per pair selected, re-drawing the windows up to
+    ``PROPOSALS.MAX_TRIES`` times (``soco_d2.data.boxes``); view 0's copies are
+    jittered per pair (FPN variants), each side is clipped to its window and
+    padded to K by duplicates; a pair with no candidate becomes the two whole
+    views with id 1.  A "downsample:J" view reuses pair (0, J)'s boxes, ids and
+    view-0 set (same jitter).  Then the views are flipped (p 0.5 each; view 0's
+    box sets flip with view 0), coloured (per-view BYOL recipe) and cut out
+    inside their boxes (``INPUT.SSL.CUTOUT_VIEWS``).
+
+    Output: ``{"image_id", "views": [float32 (3, S, S) RGB 0..255], "pairs":
+    [{"views": (0, j), "boxes": (Tensor(K, 4), Tensor(K, 4)), "ids": (Tensor(K,)
+    int64, Tensor(K,) int64)}]}``, boxes XYXY in each side's final view pixels.
+
+    Deviations from the official code, on purpose: continuous box coordinates
+    instead of inclusive integer corners (``soco_d2.data.boxes``); boxes are
+    kept in view pixels instead of [0, 1] of the crop (the model needs pixels
+    for RoIAlign and the level rule anyway); cutout uses the integer pixels of
+    the *flipped* boxes (the official one used un-flipped boxes, then crashed on
+    float corners); jitter is a config value for every variant (the C4 dataset
+    had none and rejected the argument: set ``PROPOSALS.JITTER_PROB 0``).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        box_source,
+        num_per_view: int = 4,
+        max_tries: int = 5,
+        jitter_prob: float = 0.5,
+        jitter_ratio: float = 0.1,
+        missing: str = "error",
+        cutout_views=(),
+        cutout_prob: float = 0.5,
+        cutout_ratio=(0.1, 0.3),
+        pixel_mean=(123.675, 116.28, 103.53),
+        **kwargs,
+    ):
+        """
+        Args:
+            box_source: path of a ``ProposalCache`` (opened lazily, once per
+                process) or a mapping ``{image_id: float32 (N, 4) XYXY boxes}``.
+            kwargs: the view/augmentation arguments of :class:`MultiViewMapper`.
+        """
+        super().__init__(**kwargs)
+        if len(self.views) < 2:
+            raise ValueError("SoCo needs at least two views (pairs (0, j))")
+        if self.views[0].kind == "downsample":
+            raise ValueError("SoCo's view 0 must be 'whole' or 'crop'")
+        for j, spec in enumerate(self.views[1:], start=1):
+            if spec.kind == "downsample" and spec.source == 0:
+                raise ValueError(f"view {j}: 'downsample:0' would pair view 0 with itself; use a source view >= 1")
+        self.boxes = LazyCache(box_source, "proposal box", missing, "PROPOSALS.BOX_CACHE")
+        self.k = int(num_per_view)
+        if self.k < 1:
+            raise ValueError("PROPOSALS.NUM_PER_VIEW must be >= 1")
+        self.max_tries = int(max_tries)
+        self.jitter_prob, self.jitter_ratio = float(jitter_prob), float(jitter_ratio)
+        self.cutout_views = [int(v) for v in cutout_views]
+        if any(not 0 <= v < len(self.views) for v in self.cutout_views):
+            raise ValueError(f"INPUT.SSL.CUTOUT_VIEWS {self.cutout_views} names a view that does not exist")
+        self.cutout_prob, self.cutout_ratio = float(cutout_prob), tuple(float(r) for r in cutout_ratio)
+        self.pixel_mean = tuple(float(m) for m in pixel_mean)
+        # pairs that draw their own proposals; a downsampled view borrows its source's pair
+        self.primary_pairs = [(0, j) for j, s in enumerate(self.views) if j > 0 and s.kind != "downsample"]
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        kwargs = cls.base_kwargs(cfg)
+        p, s = cfg.PROPOSALS, cfg.INPUT.SSL
+        kwargs.update(
+            box_source=p.BOX_CACHE,
+            num_per_view=p.NUM_PER_VIEW,
+            max_tries=p.MAX_TRIES,
+            jitter_prob=p.JITTER_PROB,
+            jitter_ratio=p.JITTER_RATIO,
+            missing=p.MISSING,
+            cutout_views=list(s.CUTOUT_VIEWS),
+            cutout_prob=s.CUTOUT_PROB,
+            cutout_ratio=tuple(s.CUTOUT_RATIO),
+            pixel_mean=pixel_mean_rgb(cfg),
+            is_train=is_train,
+        )
+        return kwargs
+
+    def pair_source(self, j: int) -> int:
+        spec = self.views[j]
+        return spec.source if spec.kind == "downsample" else j
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict, image = self.read_image(dataset_dict)
+        height, width = image.shape[:2]
+        image_id = str(dataset_dict["image_id"])
+
+        proposals = self.boxes.lookup(image_id, (height, width))
+        proposals = sanitize_proposals(np.zeros((0, 4)) if proposals is None else proposals, height, width)
+        ids = np.arange(1, len(proposals) + 1, dtype=np.int64)
+
+        rects, selections, _ = select_pairs_with_retries(
+            proposals, lambda: self.sample_rects(height, width), self.primary_pairs, self.k, self.max_tries
+        )
+        pair_boxes = {
+            sel.views[1]: build_pair_boxes(
+                proposals, ids, sel, rects[0], rects[sel.views[1]], self.k, self.jitter_prob, self.jitter_ratio
+            )
+            for sel in selections
+        }
+
+        geoms = self.geometry(rects, self.sample_flips(), height, width)
+        views = self.colorize(self.render(image, geoms))
+
+        pairs, per_view_boxes = [], {v: [] for v in range(len(self.views))}
+        for j in range(1, len(self.views)):
+            pb = pair_boxes[self.pair_source(j)]
+            b0, bj = boxes_to_view(pb.boxes[0], geoms[0]), boxes_to_view(pb.boxes[1], geoms[j])
+            per_view_boxes[0].append(b0)
+            per_view_boxes[j].append(bj)
+            pairs.append(
+                {
+                    "views": (0, j),
+                    "boxes": (torch.from_numpy(b0), torch.from_numpy(bj)),
+                    "ids": (torch.from_numpy(pb.ids[0].copy()), torch.from_numpy(pb.ids[1].copy())),
+                }
+            )
+        for v in self.cutout_views:
+            boxes = np.concatenate(per_view_boxes[v])
+            cutout_in_boxes(views[v], boxes, self.cutout_prob, self.cutout_ratio, self.pixel_mean)
+        return {"image_id": image_id, "views": views, "pairs": pairs}
