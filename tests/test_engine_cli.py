@@ -77,7 +77,8 @@ def test_two_cpu_processes_with_syncbn(tmp_path):
                        SOLVER__MAX_ITER=4))
     with open(out / "log.txt") as f:
         log = f.read()
-    assert "SyncBN -> naiveSyncBN for MODEL.RESNETS.NORM" in log and "MODEL.SSL.HEAD_NORM" in log
+    for key in ("MODEL.RESNETS.NORM", "MODEL.SSL.HEAD_NORM"):
+        assert f"BatchNorm policy: {key} SyncBN -> naiveSyncBN" in log
     rows = read_metrics(str(out / "metrics.json"))
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
     assert all({"total_loss", "loss_byol_12", "lr", "momentum_tau"} <= set(r) for r in rows)
