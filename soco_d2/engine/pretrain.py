@@ -324,8 +324,11 @@ class PretrainTrainer(Trainer):
         else:
             logger.warning("%s has no momentum_update(tau): no momentum hook", type(model).__name__)
         if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            # the writer runs before the checkpointer (detectron2 has them the other way round):
+            # a run killed right after checkpoint k has already written iteration k's metrics,
+            # so the resumed run (from k + 1) leaves no hole in metrics.json
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.SOLVER.LOG_PERIOD))
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         return ret
 
     def build_writers(self):
