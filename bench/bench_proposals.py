@@ -181,7 +181,7 @@ def bench_ss_photos(args):
     policy = spec.filter
     filt = lambda imgs, props: [_keep_grid(policy.apply(p, r.shape[0], r.shape[1])[0], p) for (_k, r, _g), p in zip(imgs, props)]  # noqa: E731
     rows, sets = [], {}
-    for label, images in ((f"{len(full)} demo photos, full resolution", full), (f"the same resized to max side 500 (ImageNet-like)", inet)):
+    for label, images in ((f"{len(full)} demo photos, full resolution", full), ("the same resized to max side 500 (ImageNet-like)", inet)):
         (ref_props, ref_s), (ours_props, ours_s) = run_interleaved(cfg, images, args.repeats)
         mpx = np.mean([r.shape[0] * r.shape[1] for _k, r, _g in images]) / 1e6
         rows.append([label, f"{mpx:.2f}", f"{len(images) / ref_s:.2f}", f"{len(images) / ours_s:.2f}", f"{ref_s / ours_s:.1f}x",

@@ -3,7 +3,6 @@ variant, boxes in each view's final pixel frame (end to end), fallbacks, cutout,
 colour probabilities, determinism under the loader's seeding."""
 import functools
 import pickle
-import random
 
 import numpy as np
 import pytest
@@ -11,8 +10,9 @@ import torch
 from PIL import Image
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.data import SSL_MAPPER_REGISTRY, build_ssl_mapper, get_pretrain_dicts
+from soco_d2.data import SSL_MAPPER_REGISTRY, build_ssl_mapper
 from soco_d2.data.mappers import SoCoMapper, TwoViewMapper
+from mapper_utils import demo_dicts, geometry_only, seed_all  # noqa: F401  (demo_dicts: a fixture)
 
 MEAN = (123.675, 116.28, 103.53)
 
@@ -50,22 +50,10 @@ def soco_cfg(variant):
     return cfg
 
 
-def geometry_only(cfg):
-    """No colour ops, nearest resampling: view pixels are copies of image pixels."""
-    s = cfg.INPUT.SSL
-    s.INTERPOLATION, s.JITTER_PROB, s.GRAYSCALE_PROB, s.BLUR_PROBS, s.SOLARIZE_PROBS = "nearest", 0.0, 0.0, [0.0], [0.0]
-    return cfg
 
 
-def seed_all(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
-@pytest.fixture(scope="module")
-def demo_dicts():
-    return get_pretrain_dicts("demo_images")
 
 
 @pytest.fixture(scope="module")

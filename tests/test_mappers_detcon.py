@@ -1,7 +1,6 @@
 """DetCon mapper: masks from Felzenszwalb maps (full and reduced resolution), a
 spatial grid and ground-truth instances follow their views pixel for pixel,
 ids are compact and consistent across the views."""
-import random
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from skimage.segmentation import felzenszwalb
 from soco_d2 import get_pretrain_cfg
 from soco_d2.data import build_ssl_mapper, get_pretrain_dicts
 from soco_d2.data.mappers import DetConMapper, compact_ids, grid_label_map, instances_label_map
+from mapper_utils import demo_dicts, geometry_only, seed_all  # noqa: F401  (demo_dicts: a fixture)
 
 
 def detcon_cfg(source="fh"):
@@ -26,21 +26,10 @@ def detcon_cfg(source="fh"):
     return cfg
 
 
-def geometry_only(cfg):
-    s = cfg.INPUT.SSL
-    s.INTERPOLATION, s.JITTER_PROB, s.GRAYSCALE_PROB, s.BLUR_PROBS, s.SOLARIZE_PROBS = "nearest", 0.0, 0.0, [0.0], [0.0]
-    return cfg
 
 
-def seed_all(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
-@pytest.fixture(scope="module")
-def demo_dicts():
-    return get_pretrain_dicts("demo_images")
 
 
 @pytest.fixture(scope="module")

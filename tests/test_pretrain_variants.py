@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soco_d2  # noqa: F401  (first: spawned processes import this module too)
 from skimage.segmentation import felzenszwalb
-from skimage.transform import resize
 
 from dist_utils import assert_same_step, one_training_step, run_in_gloo_processes
 from engine_utils import one_torch_thread  # noqa: F401  (autouse fixture)
