@@ -1,6 +1,7 @@
 """Test session set-up: datasets go to a temporary folder, set before detectron2
 reads DETECTRON2_DATASETS (at import of detectron2.data)."""
 import os
+import shutil
 import sys
 import tempfile
 
@@ -21,3 +22,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session folder holds only regenerable demo data: leave no trace in /tmp."""
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
