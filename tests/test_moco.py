@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+from queue_model_utils import tiny_cfg as tiny_queue_cfg
+from queue_model_utils import two_view_samples
 
 from soco_d2 import get_pretrain_cfg
 from soco_d2.config import project_config_path
-from soco_d2.data.mappers import build_ssl_mapper
 from soco_d2.modeling.losses import densecl_global_loss, infonce_loss
 from soco_d2.modeling.queue import FeatureQueue
 
@@ -78,25 +78,13 @@ def test_queue_enqueue_dequeue_and_wrap_around():
 
 # --------------------------------------------------------------------------- meta-architecture
 
-TINY = [
-    "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-    "MODEL.SSL.PROJ_HIDDEN_DIM", 64, "MODEL.SSL.PROJ_DIM", 16, "MODEL.SSL.QUEUE_SIZE", 8,
-    "INPUT.SSL.VIEW_SIZES", [64, 64], "DATALOADER.NUM_WORKERS", 0,
-]
-
-
 def tiny_cfg(name="mocov2_r50", *opts):
-    cfg = get_pretrain_cfg()
-    cfg.merge_from_file(project_config_path(f"demo/{name}.yaml"))
-    cfg.merge_from_list(TINY + list(opts))
-    return cfg
+    return tiny_queue_cfg(name, *opts)
 
 
 @pytest.fixture(scope="module")
 def two_view_batch():
-    mapper = build_ssl_mapper(tiny_cfg())
-    torch.manual_seed(0)
-    return [mapper(d) for d in DatasetCatalog.get("demo_images")[:3]]
+    return two_view_samples("mocov2_r50")
 
 
 def test_mocov2_forward_backward_enqueues_the_keys(two_view_batch):
