@@ -249,7 +249,7 @@ def test_cpu_amp_uses_bf16_autocast_with_the_guard(tmp_path):
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
-    from soco_d2.engine.pretrain import AtomicCheckpointer
+    from soco_d2.checkpoint import SafeCheckpointer as AtomicCheckpointer
 
     model = torch.nn.Linear(2, 2)
     checkpointer = AtomicCheckpointer(model, str(tmp_path))

@@ -35,7 +35,7 @@ from soco_d2.engine.pretrain import format_loss_summary, loss_curve_summary, mer
 
 def main(args):
     cfg = setup_pretrain_cfg(args)
-    trainer = PretrainTrainer(cfg)
+    trainer = PretrainTrainer(cfg, unsafe_load=args.unsafe_load)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     p.description = __doc__.split("\n\n", 1)[0]
     for action in p._actions:
         action.help = HELP.get(action.dest, action.help)
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="read MODEL.WEIGHTS / checkpoints with plain pickle / torch.load(weights_only=False): "
+                   "runs any code the file holds, only for files you trust")
     return p
 
 

@@ -28,12 +28,10 @@ import json
 import logging
 import math
 import os
-import weakref
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, hooks
 from detectron2.modeling import build_model
@@ -41,6 +39,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import last_good_checkpoint
 from ..config import get_pretrain_cfg
 from ..data.build import build_pretrain_train_loader, load_pretrain_dicts
 from .hooks import IterationSeedHook, MomentumHook, unwrap_model
@@ -219,53 +218,14 @@ class PretrainCPUAutocastTrainer(PretrainStepMixin, CPUAutocastTrainer):
     pass
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-class AtomicCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` whose files appear atomically (write to ``*.tmp``,
-    then ``os.replace``): a run killed while saving leaves neither a truncated
-    ``model_*.pth`` nor an empty ``last_checkpoint``, so ``--resume`` always finds
-    the last complete checkpoint.  Non-local save dirs (``scheme://``) use the
-    plain writes."""
-
-    def save(self, name: str, **kwargs) -> None:
-        if "://" in self.save_dir or not self.save_dir or not self.save_to_disk:
-            return super().save(name, **kwargs)
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        path = os.path.join(self.save_dir, basename)
-        self.logger.info("Saving checkpoint to %s", path)
-        with open(path + ".tmp", "wb") as f:
-            torch.save(data, f)
-        os.replace(path + ".tmp", path)
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        if "://" in self.save_dir:
-            return super().tag_last_checkpoint(last_filename_basename)
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        with open(path + ".tmp", "w") as f:
-            f.write(last_filename_basename)
-        os.replace(path + ".tmp", path)
-
-
-def last_good_checkpoint(checkpointer) -> str:
-    """The file ``last_checkpoint`` names (only complete checkpoints are named there), or ""."""
-    return checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else ""
-
-
 # --------------------------------------------------------------------------- trainer
 
 
 class PretrainTrainer(Trainer):
     """Self-supervised pretraining of any soco_d2 meta-architecture (see the module docstring)."""
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, *, unsafe_load: bool = False):
+        super().__init__(cfg, unsafe_load=unsafe_load)
         self._trainer.nan_guard = bool(cfg.SOLVER.NAN_GUARD)
         self._trainer.last_checkpoint_fn = functools.partial(last_good_checkpoint, self.checkpointer)
         if len(cfg.DATASETS.TEST):
@@ -310,9 +270,6 @@ class PretrainTrainer(Trainer):
 
     def build_hooks(self):
         cfg = self.cfg
-        # Trainer.__init__ makes a plain DetectionCheckpointer just before calling build_hooks;
-        # pretraining checkpoints are written atomically (a SIGKILL must not break --resume)
-        self.checkpointer = AtomicCheckpointer(self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         ret = [
             IterationSeedHook(),  # reads self.seed at every step
             hooks.IterationTimer(),

@@ -6,7 +6,9 @@ Differences from detectron2 0.6's ``DefaultTrainer``:
   passes them, which DDP rejects for CPU modules);
 * ``SOLVER.AMP.ENABLED`` uses detectron2's ``AMPTrainer`` on CUDA and bf16
   ``torch.autocast("cpu")`` on CPU (``AMPTrainer`` asserts CUDA);
-* checkpoints hold the optimizer (and grad-scaler) state, which 0.6 drops.
+* checkpoints hold the optimizer (and grad-scaler) state, which 0.6 drops;
+* weights are read safely and checkpoints written atomically
+  (:class:`soco_d2.checkpoint.SafeCheckpointer`; ``unsafe_load`` is ``--unsafe-load``).
 """
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ import time
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+
+from ..checkpoint import SafeCheckpointer
 
 
 class CPUAutocastTrainer(SimpleTrainer):
@@ -67,7 +70,7 @@ class Trainer(DefaultTrainer):
     ``build_step_trainer`` are the two extra extension points.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, unsafe_load: bool = False):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -78,7 +81,7 @@ class Trainer(DefaultTrainer):
         model = wrap_ddp(model, **self.ddp_kwargs(cfg))
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, unsafe_load=unsafe_load, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

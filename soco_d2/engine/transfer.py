@@ -26,7 +26,6 @@ import os
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
@@ -36,7 +35,7 @@ from detectron2.evaluation import (
 from detectron2.utils import comm
 
 from .. import compat
-from ..checkpoint import group_sizes, missing_by_group
+from ..checkpoint import load_pretrained_weights
 from .norms import apply_norm_changes, log_norm_changes, syncbn_changes
 from .trainer import Trainer
 
@@ -136,55 +135,12 @@ def build_transfer_evaluator(cfg, dataset_name: str, output_folder: str | None =
     )
 
 
-# ---------------------------------------------------------------- weights
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that keeps the IncompatibleKeys of its last load."""
-
-    last_incompatible = None
-
-    def _load_model(self, checkpoint):
-        self.last_incompatible = super()._load_model(checkpoint)
-        return self.last_incompatible
-
-
-def load_pretrained_weights(model, weights: str, output_dir: str = "", resume: bool = False, **checkpointables):
-    """Load like ``DefaultTrainer.resume_or_load``: OUTPUT_DIR's last checkpoint with
-    ``resume`` (when there is one), else ``weights`` into the model only.
-
-    For pretrained ``weights``, log how many backbone / FPN / box-head tensors
-    were filled and fail when none of the backbone was (e.g. a raw .pth that
-    was not converted).  Returns the checkpointer.
-    """
-    checkpointer = _RecordingCheckpointer(model, output_dir, **checkpointables)
-    if resume and checkpointer.has_checkpoint():
-        checkpointer.resume_or_load(weights, resume=True)
-        return checkpointer
-    checkpointer.load(weights, checkpointables=[])
-    incompatible = checkpointer.last_incompatible
-    if incompatible is None:  # no weights: random init
-        return checkpointer
-    missing = missing_by_group(incompatible, model)
-    sizes = group_sizes(model)
-    backbone_missing = missing["backbone"]
-    if sizes["backbone"] and len(backbone_missing) == sizes["backbone"]:
-        raise RuntimeError(
-            f"MODEL.WEIGHTS {weights} filled none of the {sizes['backbone']} backbone tensors; "
-            "convert it with tools/convert_to_d2.py first (detectron2 matches names only for "
-            "model-zoo .pkl files)"
-        )
-    summary = ", ".join(f"{g} {sizes[g] - len(missing[g])}/{sizes[g]}" for g in sizes if sizes[g])
-    log = logger.warning if backbone_missing else logger.info
-    log("MODEL.WEIGHTS %s filled: %s%s", weights, summary,
-        f" (backbone missing, e.g. {backbone_missing[0]})" if backbone_missing else "")
-    return checkpointer
-
-
 # ---------------------------------------------------------------- trainer
 class TransferTrainer(Trainer):
     """Fine-tunes a detectron2 detector and evaluates it with the dataset's evaluator."""
 
-    def __init__(self, cfg):
-        super().__init__(prepare_transfer_cfg(cfg))
+    def __init__(self, cfg, *, unsafe_load: bool = False):
+        super().__init__(prepare_transfer_cfg(cfg), unsafe_load=unsafe_load)
 
     @classmethod
     def build_model(cls, cfg):
@@ -197,7 +153,8 @@ class TransferTrainer(Trainer):
     def resume_or_load(self, resume=True):
         if resume and self.checkpointer.has_checkpoint():
             return super().resume_or_load(resume=True)  # model, optimizer, iteration
-        load_pretrained_weights(self.model, self.cfg.MODEL.WEIGHTS, self.cfg.OUTPUT_DIR)
+        load_pretrained_weights(self.model, self.cfg.MODEL.WEIGHTS, self.cfg.OUTPUT_DIR,
+                                unsafe_load=self.checkpointer.unsafe_load)
         return None
 
     @classmethod
@@ -331,6 +288,9 @@ def add_transfer_arguments(parser):
         help="print the AP rows of these results.json files (or run folders) side by side and exit",
     )
     parser.add_argument("--labels", nargs="+", help="row labels for --compare (default: the weights of each run)")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="read MODEL.WEIGHTS / checkpoints with plain pickle / torch.load(weights_only=False): "
+                        "runs any code the file holds, only for files you trust")
     return parser
 
 
@@ -359,9 +319,10 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = TransferTrainer.build_model(cfg)
-        load_pretrained_weights(model, cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, resume=args.resume)
+        load_pretrained_weights(model, cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, resume=args.resume,
+                                unsafe_load=args.unsafe_load)
         return TransferTrainer.test(cfg, model)
-    trainer = TransferTrainer(cfg)
+    trainer = TransferTrainer(cfg, unsafe_load=args.unsafe_load)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
