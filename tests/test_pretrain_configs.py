@@ -7,7 +7,7 @@ import pytest
 from detectron2.modeling import build_model
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.config import project_config_path
+from config_utils import project_config_path
 
 
 def load(name):

@@ -10,8 +10,8 @@ import torch
 
 from engine_utils import one_torch_thread, tiny_cfg  # noqa: F401  (autouse fixture)
 from soco_d2.checkpoint import UNSAFE_LOAD_FLAG, WeightsFileError, load_pretrained_weights, read_weights
-from soco_d2.checkpoint.cli import main as convert_main
 from soco_d2.engine import PretrainTrainer
+from tool_utils import load_tool
 
 
 class CreatesAFile:
@@ -91,7 +91,9 @@ def test_transfer_weights(evil, suffix):
 def test_convert(evil, tmp_path, suffix, capsys):
     files, marker = evil
     out = tmp_path / "out.pkl"
-    assert convert_main([files[suffix], str(out)]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        load_tool("convert_to_d2").cli([files[suffix], str(out)])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "refusing to load" in err and UNSAFE_LOAD_FLAG in err and "Traceback" not in err
     assert not marker.exists() and not out.exists()
@@ -137,7 +139,9 @@ def _garbage_variants(tmp_path):
 
 def test_the_converter_gives_clear_errors_on_garbage(tmp_path, capsys):
     for path in _garbage_variants(tmp_path):
-        assert convert_main([path, str(tmp_path / "out.pkl"), "-q"]) == 2, path
+        with pytest.raises(SystemExit) as exit_:
+            load_tool("convert_to_d2").cli([path, str(tmp_path / "out.pkl"), "-q"])
+        assert exit_.value.code == 2, path
         err = capsys.readouterr().err
         assert err.startswith("error: ") and path in err and "Traceback" not in err, err
         assert UNSAFE_LOAD_FLAG not in err, err  # nothing in them is a class to opt into

@@ -23,17 +23,12 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.config import project_config_path
+from config_utils import project_config_path
+from soco_d2.checkpoint import load_pretrained_weights
 from soco_d2.engine import TransferTrainer, build_transfer_evaluator
-from soco_d2.engine.transfer import (
-    CityscapesInstanceEvaluatorInDir,
-    compare_results,
-    load_pretrained_weights,
-    norm_choices,
-    prepare_transfer_cfg,
-    results_markdown,
-    write_results,
-)
+from soco_d2.engine.evaluators import CityscapesInstanceEvaluatorInDir
+from soco_d2.engine.results import compare_results, results_markdown, write_results
+from soco_d2.engine.transfer import norm_choices, prepare_transfer_cfg
 
 VOC_CONFIG = "transfer/voc_faster_rcnn_R_50_C4_24k.yaml"
 CITYSCAPES_CONFIG = "transfer/cityscapes_mask_rcnn_R_50_FPN.yaml"
