@@ -146,3 +146,33 @@ def test_the_converter_gives_clear_errors_on_garbage(tmp_path, capsys):
         assert err.startswith("error: ") and path in err and "Traceback" not in err, err
         assert UNSAFE_LOAD_FLAG not in err, err  # nothing in them is a class to opt into
     assert not (tmp_path / "out.pkl").exists()
+
+
+# ------------------------------------------------------------------ the tools: refused before anything is built
+
+
+def _tool_refuses(tool, argv, marker, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_tool(tool).cli(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "refusing to load" in err and UNSAFE_LOAD_FLAG in err, err
+    assert "Traceback" not in err and not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_the_tools_refuse_before_anything_is_built(evil, tmp_path, suffix, capsys):
+    from engine_utils import BASE_CONFIG, tiny_opts
+
+    files, marker = evil
+    out = tmp_path / "out"
+    _tool_refuses("pretrain_net", ["--config-file", BASE_CONFIG, *tiny_opts(str(out), MODEL__WEIGHTS=files[suffix])],
+                  marker, capsys)
+    _tool_refuses("transfer_net", ["--config-file", "transfer/demo_mask_rcnn_R_50_FPN.yaml", "--eval-only",
+                                   "MODEL.WEIGHTS", files[suffix], "OUTPUT_DIR", str(out)], marker, capsys)
+    assert not out.exists()  # nothing was written: the check ran before any setup
+    resume = tmp_path / "resume"
+    resume.mkdir()
+    os.replace(files[suffix], resume / f"model_0000001{suffix}")
+    (resume / "last_checkpoint").write_text(f"model_0000001{suffix}")
+    _tool_refuses("pretrain_net", ["--config-file", BASE_CONFIG, "--resume", *tiny_opts(str(resume))], marker, capsys)
+    assert sorted(os.listdir(resume)) == ["last_checkpoint", f"model_0000001{suffix}"]

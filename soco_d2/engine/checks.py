@@ -12,7 +12,8 @@ what is wrong, where it was looked for and how to fix it.
   adding checks to ``PRETRAIN_CHECKS`` or to :func:`check_cache`;
 * :func:`check_dataset`: a detectron2 (transfer) dataset's files are where
   detectron2 looks for them;
-* :func:`check_weights_file`: ``MODEL.WEIGHTS`` exists and is not empty.
+* :func:`check_weights`: the weights the run loads (``MODEL.WEIGHTS``, or the
+  ``--resume`` checkpoint) exist and read safely.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import shlex
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from ..checkpoint.safe_load import read_weights
 from ..data import SSL_MAPPER_REGISTRY
 from ..data.build import load_pretrain_dicts
 from ..data.datasets import datasets_root
@@ -44,7 +46,7 @@ def list_pretrain_dataset(cfg) -> list[dict]:
     try:
         return load_pretrain_dicts(cfg.DATASETS.TRAIN)
     except (KeyError, FileNotFoundError, ValueError, OSError) as err:
-        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        text = (err.args[0] if isinstance(err, KeyError) and err.args else str(err)).replace("\n", " ")
         raise InputError(f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)}: {text} "
                          f"($DETECTRON2_DATASETS = {os.path.abspath(datasets_root())})") from None
 
@@ -109,7 +111,9 @@ def check_pretrain_inputs(cfg, dataset_dicts) -> None:
         check(cfg, dataset_dicts)
 
 
-def check_weights_file(weights: str, key: str = "MODEL.WEIGHTS") -> None:
+def check_weights_file(weights: str, key: str = "MODEL.WEIGHTS", unsafe_load: bool = False) -> None:
+    """``weights`` exists and reads safely (the same reader the load uses: a file that holds
+    code is refused here, before anything is built or written); ``""`` is random init."""
     if not weights or "://" in weights:  # random init, or detectron2's PathManager resolves it
         return
     if not os.path.isfile(weights):
@@ -117,6 +121,20 @@ def check_weights_file(weights: str, key: str = "MODEL.WEIGHTS") -> None:
         raise InputError(f"{key} {weights!r} {what} ({os.path.abspath(weights)})")
     if os.path.getsize(weights) == 0:
         raise InputError(f"{key} {weights!r} is empty")
+    if not unsafe_load:
+        read_weights(weights)
+
+
+def check_weights(cfg, args) -> None:
+    """The weights a run will load: OUTPUT_DIR's last checkpoint with ``--resume`` (when there is
+    one), else ``MODEL.WEIGHTS``."""
+    unsafe = getattr(args, "unsafe_load", False)
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if getattr(args, "resume", False) and os.path.isfile(last):
+        with open(last) as f:
+            check_weights_file(os.path.join(cfg.OUTPUT_DIR, f.read().strip()), "--resume: last_checkpoint", unsafe)
+    else:
+        check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", unsafe)
 
 
 # metadata keys of detectron2's builtin datasets that name files or folders

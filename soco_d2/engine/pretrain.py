@@ -35,7 +35,7 @@ from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from ..checkpoint.checkpointer import last_good_checkpoint
 from ..data.build import build_pretrain_train_loader, load_pretrain_dicts
 from ..errors import InputError
-from .checks import check_pretrain_inputs, check_weights_file, list_pretrain_dataset
+from .checks import check_pretrain_inputs, check_weights, list_pretrain_dataset
 from .hooks import IterationSeedHook, MomentumHook, unwrap_model
 from .metrics import MedianMetricPrinter, end_partial_line, format_loss_summary, loss_curve_summary
 from .norms import apply_norm_changes, syncbn_changes
@@ -100,8 +100,7 @@ def prepare_pretrain(args, check: bool = True) -> RunSetup:
     if check:
         check_device(cfg)
         run.check_output_dir()
-        if not (getattr(args, "resume", False) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
-            check_weights_file(cfg.MODEL.WEIGHTS)
+        check_weights(cfg, args)
     run.dataset_dicts = list_pretrain_dataset(cfg)
     if check:
         check_pretrain_inputs(cfg, run.dataset_dicts)

@@ -60,7 +60,7 @@ def _all_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
 
 def _merge_error(err: Exception, where: str, cfg: CfgNode) -> InputError:
     text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    match = re.search(r"Non-existent config key: ([\w.]+)", text)
+    match = re.search(r"Non-existent (?:config )?key: ([\w.]+)", text)
     if match:
         close = difflib.get_close_matches(match.group(1), _all_keys(cfg), n=3, cutoff=0.7)
         hint = f"; did you mean {' or '.join(close)}?" if close else " (every key is defined in soco_d2/config.py or detectron2's defaults)"

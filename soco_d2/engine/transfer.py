@@ -27,7 +27,7 @@ from detectron2.utils import comm
 
 from ..checkpoint.loading import load_pretrained_weights
 from ..errors import InputError
-from .checks import check_dataset, check_weights_file
+from .checks import check_dataset, check_weights
 from .evaluators import EVALUATOR_TYPES, build_transfer_evaluator
 from .norms import apply_norm_changes, log_norm_changes, syncbn_changes
 from .results import write_results
@@ -76,9 +76,7 @@ def prepare_transfer(args, check: bool = True) -> RunSetup:
     if check:
         check_device(cfg)
         run.check_output_dir()
-        resumes = getattr(args, "resume", False) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-        if not resumes:
-            check_weights_file(cfg.MODEL.WEIGHTS)
+        check_weights(cfg, args)
         check_transfer_inputs(cfg, eval_only=getattr(args, "eval_only", False))
     cfg.freeze()
     return run
