@@ -28,7 +28,7 @@ EXIT_INTERRUPTED = 130
 HELP = {
     "config_file": "yaml config: a path, or the name of a config shipped with soco_d2 "
     "(soco_d2.model_zoo.get_config_file), e.g. demo/soco_r50_fpn.yaml",
-    "opts": "config overrides as KEY VALUE pairs at the end of the command, e.g. SOLVER.MAX_ITER 100 OUTPUT_DIR out/x",
+    "opts": "config overrides as KEY VALUE pairs after every flag, e.g. SOLVER.MAX_ITER 100 OUTPUT_DIR out/x",
     "num_gpus": "processes per machine: one per GPU with CUDA, else that many gloo CPU processes. Under torchrun, "
     "srun or another env:// launcher the tool joins the launcher's processes instead and this flag is ignored",
     "num_machines": "number of machines (each runs the same command with its own --machine-rank)",

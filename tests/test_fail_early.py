@@ -80,7 +80,7 @@ def out(tmp_path):
     return folder, earlier_run(folder)
 
 
-@pytest.mark.parametrize("case", ["unknown key", "bad value", "odd overrides", "no such config", "dataset",
+@pytest.mark.parametrize("case", ["unknown key", "bad value", "odd overrides", "late flag", "no such config", "dataset",
                                   "folder dataset", "weights", "device"])
 def test_bad_input_is_one_message_and_leaves_output_dir_alone(case, out, tmp_path, capsys):
     folder, before = out
@@ -88,6 +88,7 @@ def test_bad_input_is_one_message_and_leaves_output_dir_alone(case, out, tmp_pat
         "unknown key": pretrain_argv(folder, "--overwrite", SOLVER__MAX_ITRE=3),
         "bad value": pretrain_argv(folder, "--overwrite", SOLVER__MAX_ITER="many"),
         "odd overrides": pretrain_argv(folder, "--overwrite") + ["SOLVER.MAX_ITER"],
+        "late flag": pretrain_argv(folder, "--overwrite") + ["--resume"],
         "no such config": ["--config-file", "no/such.yaml", "--overwrite", "OUTPUT_DIR", str(folder)],
         "dataset": pretrain_argv(folder, "--overwrite", DATASETS__TRAIN="('imagenet_train',)"),
         "folder dataset": pretrain_argv(folder, "--overwrite", DATASETS__TRAIN=f"('folder:{tmp_path}/none',)"),
@@ -100,6 +101,7 @@ def test_bad_input_is_one_message_and_leaves_output_dir_alone(case, out, tmp_pat
         "unknown key": "unknown config key SOLVER.MAX_ITRE; did you mean SOLVER.MAX_ITER",
         "bad value": "command line: ",
         "odd overrides": "'SOLVER.MAX_ITER' has no value",
+        "late flag": "--resume comes after the KEY VALUE overrides",
         "no such config": "--config-file 'no/such.yaml': no such file",
         "dataset": os.path.join("imagenet", "train"),
         "folder dataset": f"{tmp_path}/none",
@@ -232,3 +234,16 @@ def test_no_progress_keeps_progress_lines_off_the_console(tmp_path, capsys):
     with open(folder / "log.txt") as f:
         assert "losses (median of 2)" in f.read()
     assert json.loads(open(folder / "metrics.json").readline())["iteration"] == 0
+
+
+def test_transfer_into_a_finished_output_dir_changes_nothing(out, capsys):
+    folder, before = out
+    (folder / "results.json").write_text('{"weights": "", "results": {}}')
+    before = snapshot(folder)
+    for extra in ([], ["--eval-only"]):
+        with pytest.raises(SystemExit) as exit_:
+            load_tool("transfer_net").cli(["--config-file", "transfer/demo_mask_rcnn_R_50_FPN.yaml", *extra,
+                                           "OUTPUT_DIR", str(folder)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "--resume" in err and "--overwrite" in err, err
+        assert snapshot(folder) == before

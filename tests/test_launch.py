@@ -34,15 +34,20 @@ def test_torchrun_variables_are_joined(clean_env):
     clean_env.setenv("RANK", "3")
     clean_env.setenv("WORLD_SIZE", "8")
     clean_env.setenv("LOCAL_RANK", "1")
-    assert env_world() == {"rank": 3, "world_size": 8, "local_rank": 1}
+    assert env_world() == {"rank": 3, "world_size": 8, "local_rank": 1, "init_method": "env://"}
 
 
 def test_an_srun_step_is_joined_and_sets_the_rendezvous(clean_env):
     for key, value in {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "1",
                        "SLURM_STEP_NODELIST": "gpu[07-08,11]", "SLURM_JOB_ID": "123456"}.items():
         clean_env.setenv(key, value)
-    assert env_world() == {"rank": 5, "world_size": 16, "local_rank": 1}
-    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(20000 + 123456 % 20000)
+    before = dict(os.environ)
+    assert env_world() == {"rank": 5, "world_size": 16, "local_rank": 1,
+                           "init_method": f"tcp://gpu07:{20000 + 123456 % 20000}"}
+    assert dict(os.environ) == before  # reads the environment only
+    clean_env.setenv("MASTER_ADDR", "head")
+    clean_env.setenv("MASTER_PORT", "29400")
+    assert env_world()["init_method"] == "tcp://head:29400"
 
 
 def test_an_sbatch_script_without_srun_is_not_a_launcher(clean_env):

@@ -23,7 +23,6 @@ that is merely corrupt says so and does not suggest it.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import pickle
 import re

@@ -54,25 +54,25 @@ def first_slurm_host(nodelist: str) -> str:
 
 
 def env_world() -> dict | None:
-    """``{rank, world_size, local_rank}`` set by an env:// launcher, or None when there is none.
+    """``{rank, world_size, local_rank, init_method}`` set by an env:// launcher, or None.
 
-    torchrun's variables win; in a SLURM job step started by ``srun`` with several
-    tasks, ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` come from ``SLURM_PROCID`` /
-    ``SLURM_STEP_NUM_TASKS`` / ``SLURM_LOCALID``, ``MASTER_ADDR`` (first host of the
-    step) and ``MASTER_PORT`` (from the job id) when they are not set.  A plain ``sbatch`` script (no
-    ``srun`` step) is not a launcher: there ``--num-gpus`` spawns as usual.
+    torchrun's variables win (``init_method`` ``env://``); in a SLURM job step
+    started by ``srun`` with several tasks, rank / world size / local rank come
+    from ``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS`` / ``SLURM_LOCALID`` and the
+    rendezvous from ``MASTER_ADDR`` (default: the first host of the step) and
+    ``MASTER_PORT`` (default: a port derived from the job id).  A plain
+    ``sbatch`` script (no ``srun`` step) is not a launcher: there ``--num-gpus``
+    spawns as usual.  Reads the environment only.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return {"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]),
-                "local_rank": int(env.get("LOCAL_RANK", 0))}
+                "local_rank": int(env.get("LOCAL_RANK", 0)), "init_method": "env://"}
     if int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_PROCID" in env:  # a job step of srun
-        env.setdefault("MASTER_ADDR", first_slurm_host(env.get("SLURM_STEP_NODELIST", "127.0.0.1")))
-        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
-        env.setdefault("RANK", env["SLURM_PROCID"])
-        env.setdefault("WORLD_SIZE", env["SLURM_STEP_NUM_TASKS"])
-        env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
-        return {"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]), "local_rank": int(env["LOCAL_RANK"])}
+        host = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_STEP_NODELIST", "127.0.0.1"))
+        port = env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+        return {"rank": int(env["SLURM_PROCID"]), "world_size": int(env["SLURM_STEP_NUM_TASKS"]),
+                "local_rank": int(env.get("SLURM_LOCALID", 0)), "init_method": f"tcp://{host}:{port}"}
     return None
 
 
@@ -133,10 +133,13 @@ def launch(main_func, num_processes_per_machine: int, num_machines: int = 1, mac
     """
     use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
     world = env_world()
-    if world is not None or dist.is_initialized():
-        if world is not None and use_cuda:
+    if dist.is_initialized():  # the caller's process group
+        return _run_in_group(main_func, args, "nccl" if use_cuda else "gloo")
+    if world is not None:
+        if use_cuda:
             torch.cuda.set_device(world["local_rank"])
-        return _run_in_group(main_func, args, "nccl" if use_cuda else "gloo", init_method="env://", timeout=timeout)
+        return _run_in_group(main_func, args, "nccl" if use_cuda else "gloo", init_method=world["init_method"],
+                             rank=world["rank"], world_size=world["world_size"], timeout=timeout)
     world_size = num_processes_per_machine * num_machines
     if world_size == 1:
         return main_func(*args)

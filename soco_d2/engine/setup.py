@@ -80,6 +80,9 @@ def cfg_from_args(args) -> CfgNode:
     except (KeyError, ValueError, TypeError, AssertionError, OSError, yaml.YAMLError) as err:
         raise _merge_error(err, f"--config-file {path}", cfg) from None
     opts = list(getattr(args, "opts", None) or [])
+    flags = [o for o in opts if str(o).startswith("--")]
+    if flags:
+        raise InputError(f"{flags[0]} comes after the KEY VALUE overrides; put every flag before them")
     if len(opts) % 2:
         raise InputError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
     try:

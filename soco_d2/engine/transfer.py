@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 
 from detectron2.data import MetadataCatalog
