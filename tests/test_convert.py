@@ -102,7 +102,7 @@ def assert_loaded(model, pkl, groups, expected: dict):
 
 
 def expected_backbone(state, model_prefix="backbone.bottom_up."):
-    """model key -> source tensor, for the torchvision ResNet names in ``state`` (spec §4.3 table)."""
+    """model key -> source tensor, for the torchvision ResNet names in ``state`` (docs/detectron2.md, Names)."""
     out = {}
     for name, value in state.items():
         if name.startswith("fc.") or name.endswith("num_batches_tracked"):
@@ -337,7 +337,7 @@ def test_every_pretraining_method_converts_into_stock_mask_rcnn(config, stock_mo
 
 # ------------------------------------------------------------------ official layouts
 def soco_official_checkpoint(tv_state, seed=5):
-    """The official SoCo FPN training checkpoint layout (spec soco §6), random values."""
+    """The official SoCo FPN training checkpoint layout (docs/methods/soco.md, Conversion and fine-tuning), random values."""
     gen = torch.Generator().manual_seed(seed)
 
     def bn(prefix, c, out):

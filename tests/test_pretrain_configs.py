@@ -1,5 +1,5 @@
 """The paper configs carry the papers' hyperparameters (numbers from
-../shared/spec/*.md), and every pretraining config builds its model."""
+docs/methods/*.md), and every pretraining config builds its model."""
 import glob
 import os
 

@@ -1,5 +1,5 @@
 """Transfer: TransferTrainer, its evaluators and results on tiny datasets in the
-real VOC and Cityscapes folder layouts (spec detectron2 §5.2), the BatchNorm
+real VOC and Cityscapes folder layouts (docs/detectron2.md, Datasets), the BatchNorm
 policy, the C4 head with the extra norm, results tables and tools/transfer_net.py.
 
 The fake datasets are written under $DETECTRON2_DATASETS (a session temp

@@ -6,7 +6,7 @@
 
 The model-zoo pickle is ``{"model": {name: np.ndarray}, "__author__": ...,
 "matching_heuristics": True}``: detectron2 0.6 applies its name-matching
-heuristics only to ``.pkl`` files with these keys (spec detectron2 §4.1), so
+heuristics only to ``.pkl`` files with these keys (docs/detectron2.md, Loading weights), so
 ``stem.*`` lands in ``backbone.bottom_up.stem.*`` of an FPN model and
 ``res5.*`` in ``roi_heads.res5.*`` of a C4 model.
 
