@@ -59,14 +59,14 @@ demo: venv
 	$(PY) tools/precompute_proposals.py --dataset demo_images --method selective_search --output $(DEMO_BOXES) --workers 2 --overwrite
 	$(PY) tools/precompute_proposals.py --dataset demo_images --method felzenszwalb --output $(DEMO_MASKS) --workers 2 --overwrite
 	@echo "== 2/4 pretrain $(METHOD) on demo_images ($(PRETRAIN_CONFIG))"
-	$(PY) tools/pretrain_net.py --config-file configs/demo/$(PRETRAIN_CONFIG).yaml OUTPUT_DIR $(DEMO_PRETRAIN_DIR)
+	$(PY) tools/pretrain_net.py --overwrite --config-file configs/demo/$(PRETRAIN_CONFIG).yaml OUTPUT_DIR $(DEMO_PRETRAIN_DIR)
 	@echo "== 3/4 convert the checkpoint to the detectron2 model zoo format"
 	$(PY) tools/convert_to_d2.py $(DEMO_CHECKPOINT) $(DEMO_CONVERTED) --include all \
 	    --verify-config configs/transfer/demo_mask_rcnn_R_50_FPN.yaml
 	@echo "== 4/4 transfer: Mask R-CNN R50-FPN on demo_instances_train -> demo_instances_val"
-	$(PY) tools/transfer_net.py --config-file configs/transfer/demo_mask_rcnn_R_50_FPN.yaml \
+	$(PY) tools/transfer_net.py --overwrite --config-file configs/transfer/demo_mask_rcnn_R_50_FPN.yaml \
 	    MODEL.WEIGHTS $(DEMO_CONVERTED) OUTPUT_DIR $(DEMO_TRANSFER_DIR)/$(PRETRAIN_CONFIG)
-	$(PY) tools/transfer_net.py --config-file configs/transfer/demo_mask_rcnn_R_50_FPN.yaml \
+	$(PY) tools/transfer_net.py --overwrite --config-file configs/transfer/demo_mask_rcnn_R_50_FPN.yaml \
 	    OUTPUT_DIR $(DEMO_TRANSFER_DIR)/random_init
 	@echo "== demo_instances_val AP after the same fine-tune, from $(METHOD) pretraining and from random init"
 	@$(PY) tools/transfer_net.py --compare $(DEMO_TRANSFER_DIR)/$(PRETRAIN_CONFIG) $(DEMO_TRANSFER_DIR)/random_init \

@@ -1,4 +1,4 @@
-"""Config keys of soco_d2 and helpers to locate detectron2's own configs.
+"""Config keys of soco_d2.
 
 All new keys live under MODEL.SSL (shared by every method), MODEL.SOCO,
 MODEL.DETCON, MODEL.DENSECL, INPUT.SSL, PROPOSALS and SOLVER; each is
@@ -7,32 +7,8 @@ documented where it is defined below.  Call ``add_pretrain_config(cfg)`` on a
 """
 from __future__ import annotations
 
-import os
-
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def model_zoo_config_path(name: str) -> str:
-    """Absolute path of a yaml in detectron2's installed model zoo, e.g.
-    ``COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml``.  Avoids
-    ``detectron2.model_zoo`` and its pkg_resources import."""
-    import detectron2
-
-    path = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs", name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{name} is not in detectron2's installed model zoo ({os.path.dirname(path)}); "
-            "reinstall detectron2 with tools/install_detectron2.py --force"
-        )
-    return path
-
-
-def project_config_path(name: str) -> str:
-    """Path of one of this repository's configs (``configs/<name>``)."""
-    return os.path.join(REPO_ROOT, "configs", name)
 
 
 def _add_ssl_config(cfg: CN) -> None:

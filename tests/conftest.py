@@ -27,3 +27,22 @@ def repo_root():
 def pytest_sessionfinish(session, exitstatus):
     """The session folder holds only regenerable demo data: leave no trace in /tmp."""
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.soco_d2_passed = report.passed
+
+
+@pytest.fixture(autouse=True)
+def remove_tmp_path_of_passed_tests(request):
+    """A passed test's tmp_path goes at once, not at the end of the session: pretraining tests
+    write checkpoints of 100+ MB each, and a run must stay under ~2 GB of temporary files
+    (pytest.ini keeps failed tests' folders for inspection)."""
+    yield
+    path = request.node.funcargs.get("tmp_path")
+    if path is not None and getattr(request.node, "soco_d2_passed", False):
+        shutil.rmtree(path, ignore_errors=True)

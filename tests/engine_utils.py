@@ -6,7 +6,8 @@ import pytest
 import soco_d2  # noqa: F401  (compat shims before detectron2)
 import torch
 
-from soco_d2.config import get_pretrain_cfg, project_config_path
+from config_utils import project_config_path
+from soco_d2.config import get_pretrain_cfg
 
 BASE_CONFIG = project_config_path("Base-Pretrain.yaml")
 

@@ -5,7 +5,7 @@ import torch
 from detectron2.data import DatasetCatalog
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.config import project_config_path
+from config_utils import project_config_path
 from soco_d2.data.mappers import build_ssl_mapper
 
 TINY = [

@@ -195,7 +195,7 @@ def test_jitter_formula():
     for box, out in zip(boxes, got):
         np.random.uniform()  # the coin
         u0, u1, u2, u3 = np.random.uniform(-0.1, 0.1, size=4)
-        # the spec's formula on inclusive corners (x2_incl = x2 - 1), converted back
+        # SoCo's jitter formula (docs/methods/soco.md, Box jitter) on inclusive corners (x2_incl = x2 - 1), converted back
         x1, y1, x2i, y2i = box[0], box[1], box[2] - 1, box[3] - 1
         w, h = x2i - x1 + 1, y2i - y1 + 1
         nx1, ny1, nw, nh = x1 + u0 * w, y1 + u1 * h, w * (1 + u2), h * (1 + u3)

@@ -6,7 +6,7 @@ import pytest
 from detectron2.config import get_cfg
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.config import model_zoo_config_path, project_config_path
+from config_utils import model_zoo_config_path, project_config_path
 
 
 @pytest.mark.parametrize("name", ["Base-RCNN-FPN.yaml", "Base-RCNN-C4.yaml"])

@@ -35,9 +35,9 @@ from soco_d2.checkpoint import (
     save_d2,
     save_torchvision,
 )
-from soco_d2.checkpoint.cli import main as cli_main
-from soco_d2.config import model_zoo_config_path, project_config_path
+from config_utils import model_zoo_config_path, project_config_path
 from soco_d2.engine.transfer import prepare_transfer_cfg
+from tool_utils import load_tool
 
 STOCK_MASK_RCNN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
 SOCO_FINETUNE = "transfer/coco_mask_rcnn_R_50_FPN_1x.yaml"
@@ -102,7 +102,7 @@ def assert_loaded(model, pkl, groups, expected: dict):
 
 
 def expected_backbone(state, model_prefix="backbone.bottom_up."):
-    """model key -> source tensor, for the torchvision ResNet names in ``state`` (spec §4.3 table)."""
+    """model key -> source tensor, for the torchvision ResNet names in ``state`` (docs/detectron2.md, Names)."""
     out = {}
     for name, value in state.items():
         if name.startswith("fc.") or name.endswith("num_batches_tracked"):
@@ -337,7 +337,7 @@ def test_every_pretraining_method_converts_into_stock_mask_rcnn(config, stock_mo
 
 # ------------------------------------------------------------------ official layouts
 def soco_official_checkpoint(tv_state, seed=5):
-    """The official SoCo FPN training checkpoint layout (spec soco §6), random values."""
+    """The official SoCo FPN training checkpoint layout (docs/methods/soco.md, Conversion and fine-tuning), random values."""
     gen = torch.Generator().manual_seed(seed)
 
     def bn(prefix, c, out):
@@ -585,12 +585,18 @@ def test_untrusted_pickles_cannot_run_code(tmp_path):
 
 
 # ------------------------------------------------------------------ command line
+def cli_main(argv):
+    return load_tool("convert_to_d2").cli(argv)
+
+
 def test_cli_report_and_exit_codes(tv_file, tmp_path, capsys):
     out, report = str(tmp_path / "tv.pkl"), str(tmp_path / "report.json")
     assert cli_main([tv_file, out, "--strict", "--report", report]) == 0
     printed = capsys.readouterr().out
     assert "converted 265 tensors" in printed and "unmatched 0 keys" in printed and os.path.isfile(report)
-    assert cli_main([tv_file, str(tmp_path / "x.pkl"), "--format", "moco"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # bad input ends a tool as a bad argument does: status 2
+        cli_main([tv_file, str(tmp_path / "x.pkl"), "--format", "moco"])
+    assert exit_.value.code == 2
     assert "error:" in capsys.readouterr().err
 
 
@@ -599,7 +605,9 @@ def test_cli_verifies_against_a_config(tv_file, tmp_path, capsys):
     assert cli_main([tv_file, out, "--verify-config", model_zoo_config_path(STOCK_MASK_RCNN)]) == 0
     assert "backbone: 0 missing" in capsys.readouterr().out
     # FPN / box head asked for but the stock config has none that match a plain backbone checkpoint
-    assert cli_main([tv_file, out, "--include", "backbone,fpn"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([tv_file, out, "--include", "backbone,fpn"])
+    assert exit_.value.code == 2
 
 
 def test_convert_tool_help(repo_root):

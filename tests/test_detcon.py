@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 from dist_utils import run_in_gloo_processes
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.config import project_config_path
+from config_utils import project_config_path
 from soco_d2.data.mappers import build_ssl_mapper
 from soco_d2.modeling.losses import detcon_loss, detcon_loss_terms
 from soco_d2.modeling.mask_pooling import (

@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage, get_event_storage
 
 from engine_utils import one_torch_thread, tiny_cfg  # noqa: F401  (autouse fixture)
 from soco_d2.engine import IterationSeedHook, MomentumHook, NonFiniteLossError, PretrainTrainer
-from soco_d2.engine.pretrain import read_metrics
+from soco_d2.engine.metrics import read_metrics
 from soco_d2.modeling.meta_arch import BYOL
 from soco_d2.modeling.momentum import momentum_at
 
@@ -202,7 +202,7 @@ def test_without_the_guard_detectron2s_own_check_still_raises(tmp_path):
 def test_loss_curve_summary_averages_the_ends_and_keeps_the_resumed_rows(tmp_path):
     import json
 
-    from soco_d2.engine.pretrain import end_partial_line, format_loss_summary, loss_curve_summary
+    from soco_d2.engine.metrics import end_partial_line, format_loss_summary, loss_curve_summary
 
     rows = [{"iteration": i, "total_loss": 20.0 - i} for i in range(20)]
     rows += [{"iteration": 18, "total_loss": 0.5}, {"iteration": 19, "total_loss": 0.25}]  # a resumed run's rows
@@ -225,7 +225,7 @@ def test_loss_curve_summary_leaves_out_the_queue_warmup(tmp_path):
     lower than any later one; those iterations do not count as the start."""
     import json
 
-    from soco_d2.engine.pretrain import format_loss_summary, loss_curve_summary
+    from soco_d2.engine.metrics import format_loss_summary, loss_curve_summary
 
     rows = [{"iteration": 0, "total_loss": 0.1, "moco/queue_filled": 0.5},
             {"iteration": 1, "total_loss": 0.2, "moco/queue_filled": 0.75}]
@@ -240,7 +240,7 @@ def test_loss_curve_summary_leaves_out_the_queue_warmup(tmp_path):
 
 
 def test_cpu_amp_uses_bf16_autocast_with_the_guard(tmp_path):
-    from soco_d2.engine.pretrain import PretrainCPUAutocastTrainer
+    from soco_d2.engine.trainer import PretrainCPUAutocastTrainer
 
     trainer = train(tiny_cfg(str(tmp_path), SOLVER__AMP__ENABLED=True, SOLVER__MAX_ITER=2))
     assert isinstance(trainer._trainer, PretrainCPUAutocastTrainer) and trainer._trainer.nan_guard
@@ -249,7 +249,7 @@ def test_cpu_amp_uses_bf16_autocast_with_the_guard(tmp_path):
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
-    from soco_d2.engine.pretrain import AtomicCheckpointer
+    from soco_d2.checkpoint import SafeCheckpointer as AtomicCheckpointer
 
     model = torch.nn.Linear(2, 2)
     checkpointer = AtomicCheckpointer(model, str(tmp_path))

@@ -10,7 +10,7 @@ import pytest
 import soco_d2  # noqa: F401
 
 from engine_utils import BASE_CONFIG, tiny_opts
-from soco_d2.engine.pretrain import read_metrics
+from soco_d2.engine.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "pretrain_net.py")

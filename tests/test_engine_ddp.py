@@ -8,7 +8,7 @@ from detectron2.utils import comm
 from dist_utils import assert_same_step, one_training_step, run_in_gloo_processes
 from engine_utils import one_torch_thread, tiny_cfg  # noqa: F401  (autouse fixture)
 from soco_d2.engine import NonFiniteLossError
-from soco_d2.engine.pretrain import check_finite_losses
+from soco_d2.engine.metrics import check_finite_losses
 
 
 def nan_on_rank_one() -> str:

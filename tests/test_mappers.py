@@ -16,7 +16,7 @@ from mapper_utils import demo_dicts, geometry_only, seed_all  # noqa: F401  (dem
 
 MEAN = (123.675, 116.28, 103.53)
 
-# The released scripts' view settings (spec soco.md §2); the yaml configs carry the same values.
+# The released scripts' view settings (docs/methods/soco.md, Views); the yaml configs carry the same values.
 SOCO_VARIANTS = {
     "SoCo_FPN": dict(
         VIEW_SIZES=[224, 224, 112], VIEW_TYPES=["whole", "crop", "crop"], CROP_SCALE=(0.5, 1.0), CUTOUT_VIEWS=[1, 2], jitter=0.5

@@ -15,7 +15,7 @@ from mapper_utils import demo_dicts, geometry_only, seed_all  # noqa: F401  (dem
 
 
 def detcon_cfg(source="fh"):
-    """DetCon's views (spec detcon.md §4, §9)."""
+    """DetCon's views (docs/methods/detcon.md, Views and how the masks follow them)."""
     cfg = get_pretrain_cfg()
     cfg.INPUT.FORMAT = "RGB"
     s = cfg.INPUT.SSL

@@ -13,7 +13,7 @@ from queue_model_utils import tiny_cfg as tiny_queue_cfg
 from queue_model_utils import two_view_samples
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.config import project_config_path
+from config_utils import project_config_path
 from soco_d2.modeling.losses import densecl_global_loss, infonce_loss
 from soco_d2.modeling.queue import FeatureQueue
 

@@ -1,5 +1,5 @@
 """The paper configs carry the papers' hyperparameters (numbers from
-../shared/spec/*.md), and every pretraining config builds its model."""
+docs/methods/*.md), and every pretraining config builds its model."""
 import glob
 import os
 
@@ -7,7 +7,7 @@ import pytest
 from detectron2.modeling import build_model
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.config import project_config_path
+from config_utils import project_config_path
 
 
 def load(name):

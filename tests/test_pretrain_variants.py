@@ -12,7 +12,8 @@ from skimage.segmentation import felzenszwalb
 
 from dist_utils import assert_same_step, one_training_step, run_in_gloo_processes
 from engine_utils import one_torch_thread  # noqa: F401  (autouse fixture)
-from soco_d2.config import get_pretrain_cfg, project_config_path
+from config_utils import project_config_path
+from soco_d2.config import get_pretrain_cfg
 from soco_d2.data import get_pretrain_dicts
 from soco_d2.engine import PretrainTrainer
 from soco_d2.proposals import CacheWriter

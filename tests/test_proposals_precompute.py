@@ -43,7 +43,7 @@ def make_folder(root, n, seed=0):
 
 
 def run_tool(tool, argv):
-    return tool.main(argv)
+    return tool.cli(argv)
 
 
 def test_bad_images_are_counted_and_skipped(tmp_path, tool, caplog):
@@ -157,14 +157,14 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, tool):
 ])
 def test_bad_arguments_give_clear_errors(tool, capsys, argv, message):
     with pytest.raises(SystemExit) as e:
-        tool.main(argv)
+        tool.cli(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_demo_images_keys_sizes_and_drawing(tmp_path, tool):
     out = str(tmp_path / "demo.pcache")
-    assert tool.main(["--dataset", "demo_images", "--method", "felzenszwalb", "--max-side", "48", "--limit", "2",
+    assert tool.cli(["--dataset", "demo_images", "--method", "felzenszwalb", "--max-side", "48", "--limit", "2",
                       "--workers", "0", "--output", out, "--no-progress"]) == 0
     with ProposalCache(out) as c:
         assert c.keys() == ["astronaut", "chelsea"]
@@ -176,6 +176,6 @@ def test_demo_images_keys_sizes_and_drawing(tmp_path, tool):
     spec = importlib.util.spec_from_file_location("visualize_tool", os.path.join(REPO, "tools", "visualize_proposals.py"))
     vis = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(vis)
-    assert vis.main(["--cache", out, "--dataset", "demo_images", "--images", "chelsea", "--output-dir", str(tmp_path)]) == 0
+    assert vis.cli(["--cache", out, "--dataset", "demo_images", "--images", "chelsea", "--output-dir", str(tmp_path)]) == 0
     drawn = Image.open(tmp_path / "chelsea.png")
     assert drawn.size == (451, 300)

@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.solver.lr_scheduler import LRMultiplier
 
 from engine_utils import one_torch_thread, tiny_cfg  # noqa: F401  (autouse fixture)
-from soco_d2.engine.pretrain import apply_epoch_schedule, setup_pretrain_cfg
+from soco_d2.engine.pretrain import apply_epoch_schedule, prepare_pretrain
 from soco_d2.engine.solver import (
     LARS,
     build_pretrain_lr_scheduler,
@@ -211,8 +211,8 @@ def test_setup_reads_the_dataset_size_and_honours_the_command_line(tmp_path):
     def setup(*extra):
         opts = tiny_opts(str(tmp_path), SOLVER__MAX_ITER=None, SOLVER__WARMUP_ITERS=None, SOLVER__EPOCHS=5,
                          SOLVER__WARMUP_EPOCHS=1.0) + list(extra)
-        return setup_pretrain_cfg(argparse.Namespace(config_file=BASE_CONFIG, opts=opts, resume=False,
-                                                     eval_only=False))
+        return prepare_pretrain(argparse.Namespace(config_file=BASE_CONFIG, opts=opts, resume=False,
+                                                   eval_only=False), check=False).cfg
 
     cfg = setup()
     assert cfg.is_frozen() and (cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.ITERS_PER_EPOCH) == (10, 2, 2)

@@ -11,7 +11,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 from pycocotools import mask as mask_util
 
-from soco_d2.config import model_zoo_config_path
+from config_utils import model_zoo_config_path
 from soco_d2.engine import TransferTrainer, build_transfer_evaluator
 
 

@@ -1,5 +1,5 @@
 """Transfer: TransferTrainer, its evaluators and results on tiny datasets in the
-real VOC and Cityscapes folder layouts (spec detectron2 §5.2), the BatchNorm
+real VOC and Cityscapes folder layouts (docs/detectron2.md, Datasets), the BatchNorm
 policy, the C4 head with the extra norm, results tables and tools/transfer_net.py.
 
 The fake datasets are written under $DETECTRON2_DATASETS (a session temp
@@ -23,17 +23,12 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.config import project_config_path
+from config_utils import project_config_path
+from soco_d2.checkpoint import load_pretrained_weights
 from soco_d2.engine import TransferTrainer, build_transfer_evaluator
-from soco_d2.engine.transfer import (
-    CityscapesInstanceEvaluatorInDir,
-    compare_results,
-    load_pretrained_weights,
-    norm_choices,
-    prepare_transfer_cfg,
-    results_markdown,
-    write_results,
-)
+from soco_d2.engine.evaluators import CityscapesInstanceEvaluatorInDir
+from soco_d2.engine.results import compare_results, results_markdown, write_results
+from soco_d2.engine.transfer import norm_choices, prepare_transfer_cfg
 
 VOC_CONFIG = "transfer/voc_faster_rcnn_R_50_C4_24k.yaml"
 CITYSCAPES_CONFIG = "transfer/cityscapes_mask_rcnn_R_50_FPN.yaml"

@@ -2,35 +2,54 @@
 """Fine-tune and evaluate a detectron2 detector (Mask R-CNN / Faster R-CNN) from
 pretrained weights, with detectron2's own evaluators (COCO, VOC, Cityscapes).
 
-    # convert the pretraining checkpoint first (tools/convert_to_d2.py), then
-    python tools/transfer_net.py --config-file configs/transfer/coco_mask_rcnn_R_50_FPN_1x.yaml \\
-        --num-gpus 8 MODEL.WEIGHTS output/pretrain/soco_r50_fpn/model_final_d2.pkl
-    python tools/transfer_net.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
-    # AP rows of several runs side by side (first minus second as a Δ row)
-    python tools/transfer_net.py --compare out/soco/results.json out/random_init/results.json \\
-        --labels SoCo "random init"
+examples:
+  # convert the pretraining checkpoint first (convert_to_d2.py), then
+  transfer_net.py --config-file configs/transfer/coco_mask_rcnn_R_50_FPN_1x.yaml --num-gpus 8 \\
+      MODEL.WEIGHTS output/soco_fpn/model_final_d2.pkl OUTPUT_DIR output/transfer/soco_coco_1x
+  transfer_net.py --config-file ... --eval-only MODEL.WEIGHTS output/transfer/soco_coco_1x/model_final.pth
+  # AP rows of several runs side by side (first minus second as a delta row)
+  transfer_net.py --compare output/transfer/soco_coco_1x output/transfer/scratch --labels SoCo "random init"
 
-Flags are detectron2's (--num-gpus: processes per machine, GPUs or CPU
-processes; --num-machines, --machine-rank, --dist-url, --resume, --eval-only,
-then KEY VALUE overrides).  SyncBN in a config becomes naiveSyncBN on several
-CPU processes and BN in one process (logged).  Results: OUTPUT_DIR/results.json
-and OUTPUT_DIR/results.md (a markdown table to paste into a paper).
+Inputs (config keys, datasets, MODEL.WEIGHTS, OUTPUT_DIR) are checked before
+anything is built. SyncBN in a config becomes naiveSyncBN on several CPU
+processes and BN in one process (logged). Results: OUTPUT_DIR/results.json and
+results.md. Installed as soco-d2-transfer. Docs: docs/tools/transfer_net.md.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import soco_d2  # noqa: E402,F401  (compat shims first)
-from detectron2.engine import default_argument_parser  # noqa: E402
+import soco_d2  # noqa: F401  (compat shims before any detectron2 import)
+from soco_d2.cli import run_cli, tool_parser
+from soco_d2.engine import compare_results, launch_tool, prepare_transfer, run_transfer
+from soco_d2.errors import InputError
 
-from soco_d2.engine.transfer import add_transfer_arguments, run  # noqa: E402
+
+def build_parser():
+    parser = tool_parser(__doc__, prog="transfer_net.py", config=True, launch=True, resume=True, overwrite=True,
+                         eval_only=True, unsafe_load=True)
+    parser.add_argument("--compare", nargs="+", metavar="RESULTS",
+                        help="print the AP rows of these results.json files (or run folders) side by side and exit")
+    parser.add_argument("--labels", nargs="+", help="row labels for --compare (default: the weights of each run)")
+    return parser
 
 
-def parse_args(argv=None):
-    parser = default_argument_parser(epilog=__doc__)
-    add_transfer_arguments(parser)
-    return parser.parse_args(argv)
+def main(args, run=None):
+    """One process of the run (``run``: the checked setup when it was made in this process)."""
+    return run_transfer(args, run)
+
+
+def compare(args):
+    try:
+        print(compare_results(args.compare, args.labels))
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"--compare: {err}") from None
+
+
+def cli(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.compare:
+        return run_cli(compare, args)
+    return launch_tool(main, args, prepare_transfer)
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    sys.exit(cli())

@@ -6,7 +6,7 @@
 
 The model-zoo pickle is ``{"model": {name: np.ndarray}, "__author__": ...,
 "matching_heuristics": True}``: detectron2 0.6 applies its name-matching
-heuristics only to ``.pkl`` files with these keys (spec detectron2 §4.1), so
+heuristics only to ``.pkl`` files with these keys (docs/detectron2.md, Loading weights), so
 ``stem.*`` lands in ``backbone.bottom_up.stem.*`` of an FPN model and
 ``res5.*`` in ``roi_heads.res5.*`` of a C4 model.
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import formats, names, verify
-from .errors import ConversionError
-from .safe_load import is_object_npy, load_file
+from .errors import ConversionError, WeightsFileError
+from .safe_load import is_object_npy, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,12 @@ def convert_checkpoint(
             "DetCon Haiku tree with a restricted unpickler that only rebuilds dicts and numpy arrays. "
             "Pass --format detcon_haiku to say you expect this.", path,
         )
-    obj = load_file(path, unsafe=unsafe)
+    try:
+        obj = read_weights(path, unsafe_load=unsafe)
+    except ConversionError:
+        raise
+    except WeightsFileError as err:
+        raise ConversionError(str(err)) from None
     if fmt == "auto":
         fmt = formats.detect_format(obj)
         logger.info("%s: detected format %s", path, fmt)

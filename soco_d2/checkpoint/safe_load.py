@@ -1,4 +1,8 @@
-"""Read checkpoint files from untrusted sources without running their code.
+"""Read weights files from untrusted sources without running their code.
+
+:func:`read_weights` is the one way weights enter soco_d2: pretraining and
+transfer ``MODEL.WEIGHTS``, ``--resume``, conversion and the probes all go
+through it (the checkpointer of :mod:`soco_d2.checkpoint.checkpointer` calls it).
 
 * ``.pth`` / ``.pt`` / ``.tar`` / ``.pyth``: ``torch.load(weights_only=True)``;
   ``argparse.Namespace`` (the ``opt`` entry of official SoCo / PixPro
@@ -11,21 +15,23 @@
   Plain ``.npy`` arrays and ``.npz`` archives are read with
   ``allow_pickle=False``.
 
-``unsafe=True`` (the converter's ``--unsafe-load``) falls back to plain
+``unsafe_load=True`` (every tool's ``--unsafe-load``) falls back to plain
 ``torch.load(weights_only=False)`` / ``pickle.load`` for files you trust.
+Every refusal says which class the file wanted and names that flag; a file
+that is merely corrupt says so and does not suggest it.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
 
 import numpy as np
 
-from .errors import ConversionError
+from .errors import UNSAFE_LOAD_FLAG, WeightsFileError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".pyth", ".ckpt", ".bin")
 PICKLE_SUFFIXES = (".pkl", ".pickle")
@@ -105,7 +111,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             )
         raise pickle.UnpicklingError(
             f"refusing to load {module}.{name} from an untrusted pickle (only dicts, lists and numpy "
-            "arrays are allowed); pass --unsafe-load if you trust the file"
+            f"arrays are allowed); pass {UNSAFE_LOAD_FLAG} if you trust the file"
         )
 
 
@@ -116,7 +122,14 @@ def _describe_failure(path: str, err: Exception) -> str:
         s in text for s in ("central directory", "truncated", "Ran out of input", "unexpected EOF", "failed reading zip")
     ):
         return f"cannot read {path} ({size} bytes): the file is truncated or corrupt ({type(err).__name__}: {text})"
-    return f"cannot read {path} ({size} bytes): {type(err).__name__}: {text}"
+    return (f"cannot read {path} ({size} bytes): not a weights file this loader knows ({', '.join(TORCH_SUFFIXES)}: "
+            f"torch.save; .pkl: pickle; .npy/.npz: numpy), or a corrupt one ({type(err).__name__}: {text})")
+
+
+def _refused_global(text: str) -> str | None:
+    """The ``module.name`` torch's weights-only unpickler refused, if that is why it failed."""
+    match = re.search(r"unsupported GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    return match.group(1) if match else None
 
 
 def _load_torch(path: str, unsafe: bool):
@@ -128,16 +141,17 @@ def _load_torch(path: str, unsafe: bool):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise
-        try:
-            unsafe_globals = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # noqa: BLE001  (only for the message)
-            unsafe_globals = []
-        raise ConversionError(
-            f"{path} holds objects torch.load(weights_only=True) refuses"
-            + (f" ({', '.join(unsafe_globals[:5])})" if unsafe_globals else "")
-            + "; pass --unsafe-load if you trust the file"
+        refused = _refused_global(str(err))
+        if refused is None:  # not a class it refused: the bytes are not a torch checkpoint
+            reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
+            raise WeightsFileError(
+                f"cannot read {path} ({os.path.getsize(path)} bytes): it is not a file written by torch.save, "
+                "or it is corrupt" + (f" ({reason.group(1).strip()})" if reason else "")
+            ) from None
+        raise WeightsFileError(
+            f"refusing to load {path}: it holds {refused}, which torch.load(weights_only=True) does not "
+            f"rebuild (a weights file needs only tensors and plain containers); pass {UNSAFE_LOAD_FLAG} "
+            "if you trust the file"
         ) from None
 
 
@@ -170,36 +184,43 @@ def is_object_npy(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             return bool(_npy_dtype(f).hasobject)
-    except (ValueError, OSError):
+    except Exception:  # noqa: BLE001  (a corrupt header: read_weights says what is wrong)
         return False
 
 
-def load_file(path: str, unsafe: bool = False):
-    """The Python object stored in ``path`` (see the module docstring for what is allowed)."""
+def read_weights(path: str, *, unsafe_load: bool = False):
+    """The Python object stored in the weights file ``path``, read without running its code.
+
+    ``.pkl``: restricted unpickler (dicts, lists, numpy arrays); ``.npy``/``.npz``:
+    numpy without ``allow_pickle`` (object ``.npy``: restricted unpickler); any
+    other suffix: ``torch.load(weights_only=True)``.  ``unsafe_load=True`` uses plain
+    ``pickle`` / ``torch.load(weights_only=False)``: only for files you trust.
+    Raises :class:`WeightsFileError` with a message that says why.
+    """
     if not os.path.isfile(path):
-        raise ConversionError(f"checkpoint {path!r} does not exist")
+        raise WeightsFileError(f"weights file {path!r} does not exist" if not os.path.isdir(path)
+                               else f"weights file {path!r} is a folder, not a file")
     if os.path.getsize(path) == 0:
-        raise ConversionError(f"cannot read {path}: the file is empty")
+        raise WeightsFileError(f"cannot read {path}: the file is empty")
     lower = path.lower()
     try:
         if lower.endswith(NUMPY_SUFFIXES):
             if lower.endswith(".npz"):
                 with np.load(path, allow_pickle=False) as archive:
                     return {k: archive[k] for k in archive.files}
-            return _load_npy(path, unsafe)
+            return _load_npy(path, unsafe_load)
         if lower.endswith(PICKLE_SUFFIXES):
             with open(path, "rb") as f:
-                if unsafe:
+                if unsafe_load:
                     return pickle.load(f, encoding="latin1")
-                unpickler = RestrictedUnpickler(f, encoding="latin1")
-                return unpickler.load()
+                return RestrictedUnpickler(f, encoding="latin1").load()
         # everything else: a torch file (zip or legacy format)
-        return _load_torch(path, unsafe)
-    except ConversionError:
+        return _load_torch(path, unsafe_load)
+    except WeightsFileError:
         raise
     except pickle.UnpicklingError as err:
         if "refusing" in str(err) or "FlatMapping" in str(err):
-            raise ConversionError(f"{path}: {err}") from None
-        raise ConversionError(_describe_failure(path, err)) from None
-    except (EOFError, RuntimeError, ValueError, OSError, zipfile.BadZipFile, io.UnsupportedOperation) as err:
-        raise ConversionError(_describe_failure(path, err)) from None
+            raise WeightsFileError(f"{path}: {err}") from None
+        raise WeightsFileError(_describe_failure(path, err)) from None
+    except Exception as err:  # noqa: BLE001  (any decoding failure of a corrupt file: KeyError, IndexError, ...)
+        raise WeightsFileError(_describe_failure(path, err)) from None

@@ -1,7 +1,7 @@
 """Checks that a converted state dict is complete before anyone fine-tunes on it.
 
 detectron2 will not tell: a FrozenBN model silently fills missing BN running
-statistics with 0 / 1 (spec detectron2 §4.4 case E), and the matching
+statistics with 0 / 1 (docs/detectron2.md, what a load reports, case E), and the matching
 heuristics skip mismatched shapes with a warning.  So the converter compares
 the backbone with the exact tensor list of detectron2's own ResNet of the
 same depth (built on the ``meta`` device: names and shapes, no memory).

@@ -1,4 +1,4 @@
-"""SoCo's proposal bookkeeping between views (spec soco.md §2.3-§2.5).
+"""SoCo's proposal bookkeeping between views (docs/methods/soco.md: Boxes, Proposal sampling, Box jitter).
 
 Everything here works in original-image pixels with continuous XYXY boxes
 (x2 exclusive: a region covering pixel columns 3..10 is x1 = 3, x2 = 11), the
@@ -49,7 +49,7 @@ def rect_to_box(rect: Rect) -> np.ndarray:
 
 def sanitize_proposals(boxes, height: int, width: int) -> np.ndarray:
     """Cache boxes -> (M, 4) float64 clipped to the image, empty ones dropped.
-    An image with no proposal left gets a single whole-image box (spec §2.4)."""
+    An image with no proposal left gets a single whole-image box (docs/methods/soco.md, Proposal sampling)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if len(boxes):
         boxes = clip_to_rect(boxes, (0, 0, width, height))
@@ -84,7 +84,7 @@ def clip_to_rect(boxes: np.ndarray, rect: Rect) -> np.ndarray:
 
 
 def jitter_boxes(boxes: np.ndarray, prob: float, ratio: float) -> np.ndarray:
-    """SoCo's V1 box jitter (spec §2.5).
+    """SoCo's V1 box jitter (docs/methods/soco.md, Box jitter).
 
     Each box is jittered with probability ``prob``: u0..u3 ~ U(-ratio, ratio),
     ``x1' = x1 + u0 w``, ``y1' = y1 + u1 h``, ``w' = w (1 + u2)``,
@@ -141,7 +141,7 @@ def select_pairs_with_retries(
     k: int,
     max_tries: int,
 ):
-    """SoCo's crop/proposal sampling loop (spec §2.4).
+    """SoCo's crop/proposal sampling loop (docs/methods/soco.md, Proposal sampling).
 
     ``sample_rects()`` draws every view's crop window (a list of rects).  For each
     pair (a, b), candidates are the proposals overlapping the intersection of

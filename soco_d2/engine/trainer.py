@@ -6,20 +6,32 @@ Differences from detectron2 0.6's ``DefaultTrainer``:
   passes them, which DDP rejects for CPU modules);
 * ``SOLVER.AMP.ENABLED`` uses detectron2's ``AMPTrainer`` on CUDA and bf16
   ``torch.autocast("cpu")`` on CPU (``AMPTrainer`` asserts CUDA);
-* checkpoints hold the optimizer (and grad-scaler) state, which 0.6 drops.
+* checkpoints hold the optimizer (and grad-scaler) state, which 0.6 drops;
+* weights are read safely and checkpoints written atomically
+  (:class:`soco_d2.checkpoint.SafeCheckpointer`; ``unsafe_load`` is ``--unsafe-load``);
+* the console line says its losses are medians (:class:`MedianMetricPrinter`).
+
+Extension points besides detectron2's ``build_*`` classmethods:
+``build_ddp_model`` (the one place the model is wrapped in DDP), ``ddp_kwargs``
+and ``build_step_trainer``.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
+from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
+
+from ..checkpoint.checkpointer import SafeCheckpointer
+from .metrics import MedianMetricPrinter, check_finite_losses, write_pretrain_metrics
+from .setup import is_cuda_run
 
 
 class CPUAutocastTrainer(SimpleTrainer):
@@ -45,6 +57,36 @@ class CPUAutocastTrainer(SimpleTrainer):
         self.optimizer.step()
 
 
+class PretrainStepMixin:
+    """For detectron2's step trainers: the NaN/inf guard and full loss logging.
+
+    ``_write_metrics`` runs after backward and before the optimizer step in
+    ``SimpleTrainer``, ``AMPTrainer`` and ``CPUAutocastTrainer``, so raising
+    there leaves the weights (and every checkpoint) untouched.
+    """
+
+    nan_guard: bool = True
+    last_checkpoint_fn = None  # callable -> str, set by PretrainTrainer
+
+    def _write_metrics(self, loss_dict, data_time: float, prefix: str = "") -> None:
+        if self.nan_guard:
+            hint = self.last_checkpoint_fn() if self.last_checkpoint_fn is not None else ""
+            check_finite_losses(loss_dict, self.iter, hint)
+        write_pretrain_metrics(loss_dict, data_time, prefix)
+
+
+class PretrainSimpleTrainer(PretrainStepMixin, SimpleTrainer):
+    pass
+
+
+class PretrainAMPTrainer(PretrainStepMixin, AMPTrainer):
+    pass
+
+
+class PretrainCPUAutocastTrainer(PretrainStepMixin, CPUAutocastTrainer):
+    pass
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
@@ -67,7 +109,7 @@ class Trainer(DefaultTrainer):
     ``build_step_trainer`` are the two extra extension points.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, unsafe_load: bool = False):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -75,10 +117,10 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = wrap_ddp(model, **self.ddp_kwargs(cfg))
+        model = self.build_ddp_model(cfg, model)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, unsafe_load=unsafe_load, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -89,13 +131,27 @@ class Trainer(DefaultTrainer):
         return {"broadcast_buffers": False}
 
     @classmethod
+    def build_ddp_model(cls, cfg, model: torch.nn.Module) -> torch.nn.Module:
+        """The model wrapped in DDP when there are several processes (else unchanged)."""
+        return wrap_ddp(model, **cls.ddp_kwargs(cfg))
+
+    @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
         if not cfg.SOLVER.AMP.ENABLED:
             return SimpleTrainer(model, data_loader, optimizer)
-        if model_device(model).type == "cuda":
+        if is_cuda_run(cfg):
             return AMPTrainer(model, data_loader, optimizer)
         logging.getLogger(__name__).info("SOLVER.AMP.ENABLED on CPU: using bf16 torch.autocast('cpu')")
         return CPUAutocastTrainer(model, data_loader, optimizer)
+
+    def build_writers(self):
+        """Console (medians, labelled), ``metrics.json`` and TensorBoard."""
+        os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+        return [
+            MedianMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),
+        ]
 
     def state_dict(self):
         state = super().state_dict()

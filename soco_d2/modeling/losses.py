@@ -47,7 +47,7 @@ def _detcon_direction(
     local_negatives: bool,
     offset: int,
 ) -> torch.Tensor:
-    """One direction of DetCon's loss (spec detcon.md §10, steps 1-7); inputs normalised.
+    """One direction of DetCon's loss (docs/methods/detcon.md, The loss, steps 1-6); inputs normalised.
 
     pred (B, M, D): queries of view a; target_cross / target_same (N, M, D): targets
     of view b / view a for N >= B images, local image i at row offset + i; ids_query /
@@ -123,7 +123,7 @@ def detcon_loss(
     *,
     target_offset: int = 0,
 ) -> torch.Tensor:
-    """DetCon's contrastive loss (the official ``byol_nce_detcon``, spec detcon.md §10).
+    """DetCon's contrastive loss (the official ``byol_nce_detcon``; docs/methods/detcon.md, The loss).
 
     pred1/pred2 (B, M, D): queries of view 1/2 (DetCon-B: online predictions;
     DetCon-S: projections); target1/target2 (N, M, D): keys of view 1/2 (DetCon-B:

@@ -1,5 +1,5 @@
 """DetCon's masks on a feature grid: majority-vote downsampling, mask sampling,
-mask pooling, and the FPN level of a mask (spec detcon.md §5-§7).
+mask pooling, and the FPN level of a mask (docs/methods/detcon.md: From id map to the 7x7 grid, Mask sampling, Mask pooling).
 
 The mapper gives every view a segment-id map at the view's pixel resolution.
 On a feature map of stride s, grid cell (i, j) covers the pixels
@@ -58,7 +58,7 @@ def sample_mask_ids(present: torch.Tensor, num_masks: int, generator: torch.Gene
 
 
 def mask_pool(features: torch.Tensor, cell_ids: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Mask pooling (spec §7): features (B, C, h, w), cell owners (B, h, w), sampled ids
+    """Mask pooling (docs/methods/detcon.md, Mask pooling): features (B, C, h, w), cell owners (B, h, w), sampled ids
     (B, K) -> (B, K, C), h_k = sum_j M_kj f_j / max(sum_j M_kj, 1) with M_kj = 1 when
     cell j belongs to mask k: the mean feature over the mask's cells, i.e. the
     area-weighted mean of its region on the grid (all cells have the same area).

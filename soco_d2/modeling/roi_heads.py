@@ -6,7 +6,7 @@ It is detectron2's ``Res5ROIHeads`` with one more norm layer (of
 stage.  Self-supervised backbones are fine-tuned with BN everywhere; the extra
 norm normalises the res5 features before the box predictor, as in MoCo's
 detection code.  Neither SoCo nor stock detectron2 register it, although
-their published C4 configs name it (spec soco §7, densecl §9).
+their published C4 configs name it (docs/tools/transfer_net.md, The protocols).
 """
 from detectron2.layers import get_norm
 from detectron2.modeling import ROI_HEADS_REGISTRY

@@ -1,6 +1,6 @@
 """SoCo's proposal filter and its fallback chain, as one configurable policy.
 
-The official pipeline (spec/soco.md §5.2-5.3) keeps a selective-search rect
+The official pipeline (docs/methods/soco.md, Proposals) keeps a selective-search rect
 ``(x, y, w, h)`` of an ``H x W`` image iff
 
 * ``w >= 32 and h >= 32`` (min side),

@@ -1,6 +1,6 @@
 """Import from / export to the official SoCo proposal JSON.
 
-The official file (spec/soco.md §5.4) is one JSON object: image basename
+The official file (docs/methods/soco.md, Proposals) is one JSON object: image basename
 without extension -> list of ``[x, y, w, h]`` integer rects with
 ``w = max_col - min_col`` (one less than the pixel extent).  It has no image
 sizes, so importing needs the dataset (sizes come from the dataset dicts or

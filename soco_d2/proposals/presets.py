@@ -2,9 +2,9 @@
 
 ``paper`` reproduces the official tools: for selective search the
 ``selectivesearch`` package with scale 300, sigma 0.9, min_size 100 on the
-full-resolution image and the ``ratio3size0308post`` filter (spec/soco.md
-§5); for Felzenszwalb, scikit-image with scale 1000, min_size 1000, sigma 0.8
-at full resolution (spec/detcon.md §3.1).  The other presets trade exactness
+full-resolution image and the ``ratio3size0308post`` filter (docs/methods/soco.md,
+Proposals); for Felzenszwalb, scikit-image with scale 1000, min_size 1000, sigma 0.8
+at full resolution (docs/methods/detcon.md, Masks).  The other presets trade exactness
 for speed; BENCHMARKS.md ("Proposals") has their measured speed and recall.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DetCon's two-view mapper with segment-id maps carried through every view (spec detcon.md §3-§4, §9)."""
+"""DetCon's two-view mapper with segment-id maps carried through every view (docs/methods/detcon.md: Masks, Views)."""
 from __future__ import annotations
 
 import numpy as np

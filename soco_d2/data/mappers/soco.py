@@ -1,4 +1,4 @@
-"""SoCo's multi-view mapper (SoCo_C4, SoCo_FPN, SoCo*), spec soco.md §2."""
+"""SoCo's multi-view mapper (SoCo_C4, SoCo_FPN, SoCo*); docs/methods/soco.md (Views)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,6 @@
 """DetCon (Hénaff et al., ICCV 2021): contrastive detection on unsupervised masks.
 
-``MODEL.DETCON.VARIANT`` picks the framework (spec detcon.md §2):
+``MODEL.DETCON.VARIANT`` picks the framework (docs/methods/detcon.md, Variants):
 
 * "B" (BYOL): online backbone + projector + predictor; the target (EMA of
   backbone + projector, ``target.*``) gives the keys, without gradient.
