@@ -12,7 +12,7 @@ setup(
     description="SoCo, DetCon, DenseCL, BYOL and MoCo-v2 pretraining on detectron2's Mask R-CNN stack",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["soco_d2", "soco_d2.*"]),
     install_requires=[
         "torch>=2.1",
