@@ -1,5 +1,5 @@
 """Audit an installed detectron2 for APIs that Python 3.11-3.13, numpy 2,
-Pillow >= 10, setuptools >= 82, torch >= 2.6 and shapely 2 removed or changed,
+Pillow >= 10, setuptools >= 82, torch 2.4-2.6 and shapely 2 removed or changed,
 and say for every use whether ``soco_d2.compat`` covers it.
 
 detectron2 0.6 predates all of these releases, and users run its whole toolbox
@@ -651,6 +651,8 @@ def summary_line(report: Report) -> str:
 def format_markdown(report: Report) -> str:
     """The README block: deterministic for a given detectron2 and pinned stack,
     independent of the Python version it runs on and of the install path."""
+    hit_libraries = {h.change.library for h in report.hits}
+    quiet = [lib for lib in ("Python", "numpy", "Pillow", "setuptools", "torch", "shapely") if lib not in hit_libraries]
     rows: dict[tuple[str, str, str], list[str]] = {}
     for h in report.hits:
         where = f"`{h.path.split('/', 1)[1]}:{h.line}`"
@@ -659,8 +661,8 @@ def format_markdown(report: Report) -> str:
         README_BEGIN,
         f"`tools/audit_detectron2.py` scans the installed {report.package} ({report.version}, "
         f"{report.n_files} files) with `ast` for APIs removed or changed in Python 3.11-3.13, numpy 2, "
-        "Pillow >= 10, setuptools >= 82, torch >= 2.6 and shapely 2, and for uses of the compiled ops. "
-        f"{len(report.hits)} hits:",
+        "Pillow >= 10, setuptools >= 82, torch 2.4-2.6 and shapely 2, and for uses of the compiled ops. "
+        f"{len(report.hits)} hits" + (f" (none for {', '.join(quiet)})" if quiet else "") + ":",
         "",
         "| library | API | removed / changed in | where | verdict |",
         "|---|---|---|---|---|",

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """List every use, in the installed detectron2, of an API that Python 3.11-3.13,
-numpy 2, Pillow >= 10, setuptools >= 82, torch >= 2.6 or shapely 2 removed or
+numpy 2, Pillow >= 10, setuptools >= 82, torch 2.4-2.6 or shapely 2 removed or
 changed, with the release that changed it and whether soco_d2.compat shims it
 or the README lists it as unsupported.  Exits 1 when a hit is neither.
 
