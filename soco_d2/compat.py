@@ -6,8 +6,9 @@ is already there, so a detectron2 built from source (or a recent release) on an
 older stack is left untouched.  ``apply()`` runs the shims that must precede the
 first ``import detectron2.<anything>``; ``soco_d2/__init__.py`` calls it before
 anything else, and every entry point (tools, spawned workers) imports
-``soco_d2`` first.  ``apply_after_import()`` patches the two attributes that
-only exist once detectron2 / cityscapesscripts modules are loaded.
+``soco_d2`` first.  ``apply_after_import()`` patches detectron2 modules once
+they are loaded (COCOeval fallback, MapDataset's retry);
+``patch_cityscapes_evaluation()`` patches cityscapesscripts when it is used.
 
 ``APPLIED`` lists the names of the shims that actually changed something in
 this process; ``python -m soco_d2.compat`` prints it.  ``SHIMMED_APIS`` says
