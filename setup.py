@@ -46,6 +46,7 @@ TOOLS = {
     "soco-d2-precompute": "precompute_proposals",
     "soco-d2-convert": "convert_to_d2",
     "soco-d2-visualize": "visualize_proposals",
+    "soco-d2-audit": "audit_detectron2",
 }
 
 setup(
@@ -54,7 +55,7 @@ setup(
     description="SoCo, DetCon, DenseCL, BYOL and MoCo-v2 pretraining on detectron2's Mask R-CNN stack",
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["soco_d2", "soco_d2.*"]),
     package_data={"soco_d2.model_zoo": CONFIGS},
     entry_points={"console_scripts": [f"{name}=soco_d2.tools.{module}:cli" for name, module in TOOLS.items()]},

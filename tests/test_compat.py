@@ -25,6 +25,8 @@ PRESENT = {
     "numpy_aliases": "import numpy as np; [setattr(np, n, t) for n, t in dict(int=int, float=float, str=str, object=object, bool=bool).items()]",
     "numpy_in1d": "import numpy as np; np.in1d = lambda *a, **k: 'original'",
     "pkg_resources": "sys.modules['pkg_resources'] = types.ModuleType('pkg_resources')",
+    "caffe2": "sys.modules['caffe2'] = types.ModuleType('caffe2')",
+    "numpy_percentile": "import numpy as np; _p = np.percentile; np.percentile = lambda a, q, interpolation=None, **k: _p(a, q, **k)",
 }
 # The shims each present target switches off.
 SHIMS_OF = {
@@ -33,6 +35,8 @@ SHIMS_OF = {
     "numpy_aliases": {"numpy_aliases"},
     "numpy_in1d": {"numpy_in1d"},
     "pkg_resources": {"pkg_resources_stub"},
+    "numpy_percentile": {"numpy_percentile_interpolation"},
+    "caffe2": {"caffe2_placeholder"},
 }
 
 
