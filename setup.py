@@ -34,6 +34,11 @@ setup(
     ],
     extras_require={
         "cityscapes": ["cityscapesscripts>=2.2", "shapely"],
+        # LVIS loader and evaluator.  lvis 0.5.3 also declares opencv-python, which
+        # shares the cv2 folder with opencv-contrib-python-headless and would drop
+        # ximgproc (selective search): `make venv` installs it with --no-deps instead
+        # (its code needs only numpy, pycocotools, matplotlib and cv2, all required above).
+        "lvis": ["lvis>=0.5.3"],
         "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6"],
     },
     include_package_data=False,

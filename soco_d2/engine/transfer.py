@@ -2,7 +2,7 @@
 
 ``TransferTrainer`` is soco_d2's ``Trainer`` (a ``DefaultTrainer``) with
 
-* the evaluator of the dataset's ``evaluator_type`` (COCO, PASCAL VOC,
+* the evaluator of the dataset's ``evaluator_type`` (COCO, LVIS, PASCAL VOC,
   Cityscapes instances);
 * the BatchNorm variant chosen for the machine it runs on
   (:func:`prepare_transfer_cfg`): the fine-tune protocol's ``SyncBN`` stays
@@ -29,6 +29,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     COCOEvaluator,
+    LVISEvaluator,
     PascalVOCDetectionEvaluator,
 )
 from detectron2.utils import comm
@@ -125,13 +126,15 @@ def build_transfer_evaluator(cfg, dataset_name: str, output_folder: str | None =
     if evaluator_type == "coco":
         # the compiled fast COCOeval may be missing; pycocotools gives the same numbers
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=compat.has_compiled_ops())
+    if evaluator_type == "lvis":  # needs the `lvis` package (README, Protocols)
+        return LVISEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "pascal_voc":
         return PascalVOCDetectionEvaluator(dataset_name)
     if evaluator_type == "cityscapes_instance":
         return CityscapesInstanceEvaluatorInDir(dataset_name, output_folder)
     raise NotImplementedError(
         f"no evaluator for dataset {dataset_name!r} (evaluator_type={evaluator_type!r}); "
-        "supported: coco, pascal_voc, cityscapes_instance"
+        "supported: coco, lvis, pascal_voc, cityscapes_instance"
     )
 
 
@@ -205,7 +208,7 @@ class TransferTrainer(Trainer):
         if len(cfg.DATASETS.TEST) == 1 and results and cfg.DATASETS.TEST[0] not in results:
             results = OrderedDict([(cfg.DATASETS.TEST[0], results)])  # DefaultTrainer flattens one dataset
         if comm.is_main_process() and results:
-            write_results(cfg.OUTPUT_DIR, results, weights=cfg.MODEL.WEIGHTS)
+            write_results(cfg.OUTPUT_DIR, results, weights=cfg.MODEL.WEIGHTS, cfg=cfg)
         return results
 
 
