@@ -36,6 +36,7 @@ from detectron2.utils import comm
 
 from .. import compat
 from ..checkpoint import group_sizes, missing_by_group
+from ..data.subsets import register_subsets_in
 from .norms import apply_norm_changes, log_norm_changes, syncbn_changes
 from .results import compare_results, results_markdown, write_results
 from .trainer import Trainer
@@ -231,6 +232,7 @@ def setup(args):
     cfg = get_pretrain_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    register_subsets_in(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))  # e.g. coco_2017_train_20pct_seed3
     check_device(cfg)
     cuda = str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available()
     changes = norm_choices(cfg, comm.get_world_size(), cuda)
