@@ -188,3 +188,19 @@ def test_lvis_trains_with_repeat_factors_and_evaluates_through_the_transfer_trai
     table = open(tmp_path / "run" / "results.md").read()
     assert "| random init | lvis_v1_val |" in table and "APbbr" in table and "APmkf" in table
     assert MetadataCatalog.get("lvis_v1_val").evaluator_type == "lvis"
+
+
+def test_lvis_config_is_the_coco_protocol_with_lvis_settings():
+    from soco_d2 import get_pretrain_cfg
+    from soco_d2.config import project_config_path
+
+    cfg = get_pretrain_cfg()
+    cfg.merge_from_file(project_config_path(LVIS_CONFIG))
+    assert tuple(cfg.DATASETS.TRAIN) == ("lvis_v1_train",) and tuple(cfg.DATASETS.TEST) == ("lvis_v1_val",)
+    assert (cfg.DATALOADER.SAMPLER_TRAIN, cfg.DATALOADER.REPEAT_THRESHOLD) == ("RepeatFactorTrainingSampler", 0.001)
+    assert (cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.TEST.DETECTIONS_PER_IMAGE, cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST) == (1203, 300, 0.0001)
+    assert {cfg.MODEL.RESNETS.NORM, cfg.MODEL.FPN.NORM, cfg.MODEL.ROI_BOX_HEAD.NORM, cfg.MODEL.ROI_MASK_HEAD.NORM} == {"SyncBN"}
+    assert (cfg.MODEL.ROI_BOX_HEAD.NUM_CONV, cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.INPUT.FORMAT) == (4, 1, "RGB")
+    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.28, 103.53] and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
+    assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WEIGHT_DECAY) == (90000, (60000, 80000), 2.5e-5)
+    assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.DEVICE == "cuda" and cfg.TEST.PRECISE_BN.ENABLED

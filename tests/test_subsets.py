@@ -191,3 +191,16 @@ def test_schedule_rule_matches_cutler_configs():
     assert semi_supervised_schedule(5) == (4500, (3000, 4000))
     assert semi_supervised_schedule(10) == (9000, (6000, 8000))
     assert semi_supervised_schedule(20) == (18000, (12000, 16000))
+
+
+def test_export_command_writes_the_ids_of_a_subset_named_on_the_command_line(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ids.txt"
+    proc = subprocess.run([sys.executable, "-m", "soco_d2.data.subsets", "export", "demo_instances_train_50pct_seed2",
+                           str(out)], capture_output=True, text=True, timeout=300, cwd=repo_root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    register_subsets_in(["demo_instances_train_50pct_seed2"])
+    assert [int(x) for x in out.read_text().split()] == sorted(_ids("demo_instances_train_50pct_seed2"))
+    assert "wrote 13 image ids" in proc.stdout  # floor(27 / 2)
