@@ -103,6 +103,7 @@ def test_collect_results_tool_writes_table_csv_and_plot(runs, tmp_path, repo_roo
     lines = table.splitlines()
     assert lines[0].startswith("| Weights | Protocol | Dataset | Runs | Seeds | APbb | APbb50 |")
     assert "image_knn top1" in lines[0] and "region_linear mean_class_acc" in lines[0]
+    assert "AP-disc" not in lines[0]  # per-category AP stays in results.json
     values = [_ap(runs / f"demo_seed{s}" / "results.json") for s in SEEDS]
     mean = sum(values) / 3
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)

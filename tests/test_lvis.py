@@ -162,7 +162,9 @@ def test_lvis_perfect_predictions_score_ap_100_and_shuffled_ones_less(tiny_lvis,
 
 
 def test_lvis_trains_with_repeat_factors_and_evaluates_through_the_transfer_trainer(tiny_lvis, tmp_path):
-    cfg = transfer_cfg(LVIS_CONFIG, tmp_path / "run")
+    # smaller FPN / head widths and one iteration keep this CPU run short; the LVIS settings stay
+    cfg = transfer_cfg(LVIS_CONFIG, tmp_path / "run", "SOLVER.MAX_ITER", 1, "MODEL.FPN.OUT_CHANNELS", 64,
+                       "MODEL.ROI_BOX_HEAD.CONV_DIM", 64, "MODEL.ROI_MASK_HEAD.CONV_DIM", 64)
     assert (cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.TEST.DETECTIONS_PER_IMAGE) == (1203, 8)  # TINY keeps 8 per image
     trainer = TransferTrainer(cfg)
     sampler = trainer.data_loader.dataset.dataset.sampler

@@ -157,9 +157,11 @@ def _columns(runs) -> list[tuple[str, str]]:
     columns = []
     for task in ordered:
         metrics = {m for t, m in present if t == task}
-        known = METRIC_ORDER if task in TASK_ABBREVIATIONS else PROBE_METRICS
-        columns += [(task, m) for m in known if m in metrics]
-        columns += [(task, m) for m in sorted(metrics - set(known))]
+        if task in TASK_ABBREVIATIONS:  # the summary metrics; per-category AP ("AP-<class>") stays in the json
+            columns += [(task, m) for m in METRIC_ORDER if m in metrics]
+        else:
+            columns += [(task, m) for m in PROBE_METRICS if m in metrics]
+            columns += [(task, m) for m in sorted(metrics - set(PROBE_METRICS))]
     return columns
 
 
