@@ -41,6 +41,7 @@ $(STAMP): constraints.txt setup.py tools/install_detectron2.py
 	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt torch torchvision
 	$(PY) tools/install_detectron2.py --constraints constraints.txt
 	$(PIP) install --quiet --disable-pip-version-check --no-build-isolation -c constraints.txt -e ".[test,cityscapes]"
+	$(PIP) install --quiet --disable-pip-version-check --no-deps -c constraints.txt lvis  # --no-deps: see setup.py (why there is no "lvis" extra)
 	$(PY) -m soco_d2.compat
 	@touch $(STAMP)
 

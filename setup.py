@@ -47,6 +47,7 @@ TOOLS = {
     "soco-d2-convert": "convert_to_d2",
     "soco-d2-visualize": "visualize_proposals",
     "soco-d2-audit": "audit_detectron2",
+    "soco-d2-collect-results": "collect_results",
 }
 
 setup(
@@ -79,6 +80,10 @@ setup(
     ],
     extras_require={
         "cityscapes": ["cityscapesscripts>=2.2", "shapely"],
+        # LVIS (loader, evaluator): no extra, on purpose. lvis 0.5.3 declares opencv-python,
+        # which shares the cv2 folder with opencv-contrib-python-headless and would drop
+        # ximgproc (selective search); install it with `pip install --no-deps lvis==0.5.3`
+        # (its code needs only numpy, pycocotools, matplotlib and cv2, all required above).
         "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "build>=1.0", "twine>=5"],
     },
     include_package_data=False,

@@ -1,5 +1,5 @@
 """The evaluators of transfer runs: detectron2's own, chosen by the dataset's
-``evaluator_type`` (COCO, PASCAL VOC, Cityscapes instances)."""
+``evaluator_type`` (COCO, LVIS, PASCAL VOC, Cityscapes instances)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,13 +9,14 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     COCOEvaluator,
+    LVISEvaluator,
     PascalVOCDetectionEvaluator,
 )
 
 from .. import compat
 
 # evaluator_type values build_transfer_evaluator handles (the start-up check reads it: add new types here too)
-EVALUATOR_TYPES = ("coco", "pascal_voc", "cityscapes_instance")
+EVALUATOR_TYPES = ("coco", "lvis", "pascal_voc", "cityscapes_instance")
 
 
 class CityscapesInstanceEvaluatorInDir(CityscapesInstanceEvaluator):
@@ -70,11 +71,13 @@ def build_transfer_evaluator(cfg, dataset_name: str, output_folder: str | None =
     if evaluator_type == "coco":
         # the compiled fast COCOeval may be missing; pycocotools gives the same numbers
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=compat.has_compiled_ops())
+    if evaluator_type == "lvis":  # needs the `lvis` package (README, Protocols)
+        return LVISEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "pascal_voc":
         return PascalVOCDetectionEvaluator(dataset_name)
     if evaluator_type == "cityscapes_instance":
         return CityscapesInstanceEvaluatorInDir(dataset_name, output_folder)
     raise NotImplementedError(
         f"no evaluator for dataset {dataset_name!r} (evaluator_type={evaluator_type!r}); "
-        "supported: coco, pascal_voc, cityscapes_instance"
+        f"supported: {', '.join(EVALUATOR_TYPES)}"
     )

@@ -1,18 +1,45 @@
-"""Results tables of transfer runs: ``results.json`` / ``results.md`` of one run, and
-several runs' AP rows side by side (``tools/transfer_net.py --compare``)."""
+"""Results tables: ``results.json`` / ``results.md`` of one run, side-by-side
+comparisons (``tools/transfer_net.py --compare``) and the collection of many
+runs into one table, CSV and bar plot (``tools/collect_results.py``).
+
+A run's record (``results.json``; probes write ``probe_results.json`` with the
+same schema)::
+
+    {"weights": "path/to/model_final_d2.pkl",    # "" = random init
+     "label": "...", "iteration": 90000,
+     "seed": 3, "data_seed": 1,                   # cfg.SEED; the subset seed of a ..._seed<N> dataset
+     "protocol": {"name": "coco_2017_train 90k", "fingerprint": "3f2a9c01", "config_file": "..."},
+     "results": {dataset: {task: {metric: value}}}}
+
+``seed``, ``data_seed`` and ``protocol`` are absent from files written before
+they existed; such runs are listed one by one and never averaged.
+"""
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
+
 TASK_ABBREVIATIONS = OrderedDict([("bbox", "bb"), ("segm", "mk")])
-METRIC_ORDER = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-_METRIC_SUFFIX = {"AP": "", "AP50": "50", "AP75": "75", "APs": "S", "APm": "M", "APl": "L"}
+# AP..APl: COCO; APr/APc/APf: LVIS's rare / common / frequent categories
+METRIC_ORDER = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+_METRIC_SUFFIX = {"AP": "", "AP50": "50", "AP75": "75", "APs": "S", "APm": "M", "APl": "L",
+                  "APr": "r", "APc": "c", "APf": "f"}
+# representation probes (probe_results.json)
+PROBE_TASKS = ("image_knn", "image_linear", "region_knn", "region_linear")
+PROBE_METRICS = ("top1", "top5", "mean_class_acc")
+RESULT_FILES = ("results.json", "probe_results.json")
 
 
 def weights_label(weights: str) -> str:
@@ -28,21 +55,79 @@ def _current_iteration():
         return None
 
 
-def write_results(output_dir: str, results: dict, weights: str = "") -> str:
-    """Save ``results.json`` ({weights, iteration, results: dataset -> task -> metric}) and ``results.md``."""
+# ---------------------------------------------------------------- the protocol of a run
+# keys that change where or how fast a run goes, not what it measures
+_RUN_SPECIFIC_KEYS = ("SEED", "OUTPUT_DIR", "MODEL.WEIGHTS", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS",
+                      "TEST.EVAL_PERIOD", "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD")
+_DATA_SEED = re.compile(r"_seed(\d+)$")
+
+
+def data_seed(dataset_names) -> int | None:
+    """The subset seed N of ``..._seed<N>`` training sets (semi-supervised folds), else None."""
+    seeds = {int(m.group(1)) for name in dataset_names if (m := _DATA_SEED.search(name))}
+    return seeds.pop() if len(seeds) == 1 else None
+
+
+def protocol_of(cfg, config_file: str | None = None) -> dict:
+    """``{"name", "fingerprint", "config_file"}`` of a run's config.
+
+    The fingerprint hashes the whole config except run-specific keys (seed,
+    output folder, weights, device, workers, periods) and with a subset's
+    ``_seed<N>`` replaced by ``_seed*``: runs that differ only in seed and
+    weights share it, so their results can be averaged.
+    """
+    values = {}
+    for key, value in _flatten(cfg):
+        if key in _RUN_SPECIFIC_KEYS:
+            continue
+        if key in ("DATASETS.TRAIN", "DATASETS.TEST"):
+            value = [_DATA_SEED.sub("_seed*", name) for name in value]
+        values[key] = value
+    blob = json.dumps(values, sort_keys=True, default=str)
+    train = "+".join(_DATA_SEED.sub("_seed*", name) for name in cfg.DATASETS.TRAIN)
+    iters = cfg.SOLVER.MAX_ITER
+    length = f"{iters // 1000}k" if iters >= 1000 and iters % 1000 == 0 else f"{iters}it"
+    record = {"name": f"{train} {length}", "fingerprint": hashlib.sha1(blob.encode()).hexdigest()[:8]}
+    if config_file:
+        record["config_file"] = config_file
+    return record
+
+
+def _flatten(node, prefix=""):
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, list(value) if isinstance(value, tuple) else value
+
+
+# ---------------------------------------------------------------- one run
+def write_results(output_dir: str, results: dict, weights: str = "", cfg=None, config_file: str | None = None,
+                  filename: str = "results.json") -> str:
+    """Save ``filename`` (the record above) and a markdown table next to it (``results.md``).
+
+    With ``cfg``, the record also says the seed, the subset seed and the protocol.
+    AP values below 0 (the LVIS/COCO APIs' "no ground truth in this range") are stored as null.
+    """
     os.makedirs(output_dir, exist_ok=True)
     record = {
         "weights": weights,
         "label": weights_label(weights),
         "iteration": _current_iteration(),
-        "results": _to_builtin(results),
     }
-    path = os.path.join(output_dir, "results.json")
+    if cfg is not None:
+        record["seed"] = int(cfg.SEED)
+        record["data_seed"] = data_seed(cfg.DATASETS.TRAIN)
+        record["protocol"] = protocol_of(cfg, config_file)
+    record["results"] = _without_sentinels(_to_builtin(results))
+    path = os.path.join(output_dir, filename)
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
+    table = os.path.splitext(filename)[0] + ".md"
+    with open(os.path.join(output_dir, table), "w") as f:
         f.write(results_markdown([(record["label"], record["results"])]) + "\n")
-    logger.info("wrote %s and results.md", path)
+    logger.info("wrote %s and %s", path, table)
     return path
 
 
@@ -54,6 +139,11 @@ def load_results(path: str) -> dict:
         record = json.load(f)
     if "results" not in record:  # a plain dataset -> task -> metric dict
         record = {"weights": "", "label": os.path.basename(os.path.dirname(os.path.abspath(path))), "results": record}
+    record.setdefault("label", weights_label(record.get("weights", "")))
+    record.setdefault("seed", None)
+    record.setdefault("data_seed", None)
+    record.setdefault("protocol", None)
+    record["path"] = os.path.abspath(path)
     return record
 
 
@@ -63,12 +153,24 @@ def _columns(runs) -> list[tuple[str, str]]:
         for tasks in results.values():
             for task, metrics in tasks.items():
                 present.update((task, m) for m in metrics)
-    tasks = list(TASK_ABBREVIATIONS) + sorted({t for t, _ in present} - set(TASK_ABBREVIATIONS))
-    return [(t, m) for t in tasks for m in METRIC_ORDER if (t, m) in present]
+    tasks = {t for t, _ in present}
+    ordered = [t for t in TASK_ABBREVIATIONS if t in tasks] + [t for t in PROBE_TASKS if t in tasks]
+    ordered += sorted(tasks - set(ordered))
+    columns = []
+    for task in ordered:
+        metrics = {m for t, m in present if t == task}
+        if task in TASK_ABBREVIATIONS:  # the summary metrics; per-category AP ("AP-<class>") stays in the json
+            columns += [(task, m) for m in METRIC_ORDER if m in metrics]
+        else:
+            columns += [(task, m) for m in PROBE_METRICS if m in metrics]
+            columns += [(task, m) for m in sorted(metrics - set(PROBE_METRICS))]
+    return columns
 
 
 def _header(task: str, metric: str) -> str:
-    return f"AP{TASK_ABBREVIATIONS.get(task, task)}{_METRIC_SUFFIX[metric]}"
+    if task in TASK_ABBREVIATIONS and metric in _METRIC_SUFFIX:
+        return f"AP{TASK_ABBREVIATIONS[task]}{_METRIC_SUFFIX[metric]}"
+    return f"{task} {metric}"
 
 
 def _fmt(value) -> str:
@@ -121,3 +223,183 @@ def _to_builtin(obj):
     if isinstance(obj, float) and math.isnan(obj):
         return None
     return obj
+
+
+def _without_sentinels(results: dict) -> dict:
+    """AP < 0 is the evaluation APIs' -1 x 100 for "no ground truth in this range/group": None."""
+    return {dataset: {task: {m: (None if m.startswith("AP") and isinstance(v, (int, float)) and v < 0 else v)
+                             for m, v in metrics.items()} if isinstance(metrics, dict) else metrics
+                      for task, metrics in tasks.items()}
+            for dataset, tasks in results.items()}
+
+
+# ---------------------------------------------------------------- many runs
+def find_result_files(paths) -> list[str]:
+    """The result files named by ``paths``: files as given; a folder's own
+    results.json / probe_results.json, or else every one below it (sorted)."""
+    found = []
+    for path in paths:
+        if os.path.isfile(path):
+            found.append(path)
+            continue
+        if not os.path.isdir(path):
+            raise InputError(f"{path!r} is neither a results file nor a folder")
+        own = [os.path.join(path, name) for name in RESULT_FILES if os.path.isfile(os.path.join(path, name))]
+        if not own:
+            own = sorted(os.path.join(d, name) for d, _, files in os.walk(path) for name in files if name in RESULT_FILES)
+        if not own:
+            raise InputError(f"no {' or '.join(RESULT_FILES)} in or below {path!r}")
+        found += own
+    return list(OrderedDict.fromkeys(os.path.abspath(p) for p in found))
+
+
+@dataclass
+class Group:
+    """Runs with the same weights, protocol and dataset: the repeats of one measurement."""
+
+    label: str
+    weights: str
+    protocol: str
+    fingerprint: str | None
+    dataset: str
+    runs: list = field(default_factory=list)  # load_results records
+
+    @property
+    def seeds(self) -> list[str]:
+        return [_seed_text(r) for r in self.runs]
+
+    def values(self, task: str, metric: str) -> list[float]:
+        found = [r["results"][self.dataset].get(task, {}).get(metric) for r in self.runs]
+        return [v for v in found if isinstance(v, (int, float)) and not math.isnan(v)]
+
+    def mean_std(self, task: str, metric: str) -> tuple[float | None, float | None, int]:
+        """Mean and sample standard deviation (n - 1 in the denominator; None for one value)."""
+        values = self.values(task, metric)
+        if not values:
+            return None, None, 0
+        mean = sum(values) / len(values)
+        if len(values) < 2:
+            return mean, None, len(values)
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)), len(values)
+
+
+def _seed_text(record) -> str:
+    seed, fold = record.get("seed"), record.get("data_seed")
+    if seed is None and fold is None:
+        return "?"
+    return str(seed) if fold is None else f"{seed}/fold{fold}"
+
+
+def group_runs(records) -> list[Group]:
+    """One group per (weights, protocol fingerprint, dataset), in first-seen order.
+
+    Runs without a recorded protocol (older files) each form their own group.
+    """
+    groups: OrderedDict = OrderedDict()
+    for record in records:
+        protocol = record.get("protocol") or {}
+        fingerprint = protocol.get("fingerprint")
+        for dataset in record["results"]:
+            key = (record.get("weights", ""), fingerprint or record["path"], dataset)
+            if key not in groups:
+                groups[key] = Group(record["label"], record.get("weights", ""), protocol.get("name", "–"),
+                                    fingerprint, dataset)
+            groups[key].runs.append(record)
+    _disambiguate(list(groups.values()))
+    return list(groups.values())
+
+
+def _disambiguate(groups) -> None:
+    """Protocols that share a readable name but not a fingerprint get ``#fingerprint`` appended."""
+    by_name = {}
+    for g in groups:
+        by_name.setdefault(g.protocol, set()).add(g.fingerprint)
+    for g in groups:
+        if len(by_name[g.protocol]) > 1 and g.fingerprint:
+            g.protocol = f"{g.protocol} #{g.fingerprint}"
+
+
+def collect_results(paths) -> list[Group]:
+    """Load every result file named by ``paths`` (see :func:`find_result_files`) and group the runs."""
+    return group_runs([load_results(p) for p in find_result_files(paths)])
+
+
+def _group_columns(groups):
+    return _columns([(None, {g.dataset: r["results"][g.dataset]}) for g in groups for r in g.runs])
+
+
+def _fmt_mean_std(mean, std) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def collected_markdown(groups) -> str:
+    """One markdown row per group: mean ± sample std over its runs (the value itself for one run)."""
+    columns = _group_columns(groups)
+    header = ["Weights", "Protocol", "Dataset", "Runs", "Seeds"] + [_header(t, m) for t, m in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for g in groups:
+        cells = [_fmt_mean_std(*g.mean_std(t, m)[:2]) for t, m in columns]
+        lines.append("| " + " | ".join([g.label, g.protocol, g.dataset, str(len(g.runs)), ",".join(g.seeds)] + cells) + " |")
+    return "\n".join(lines)
+
+
+def write_collected_csv(groups, path: str) -> str:
+    """One CSV row per group: ``<column>`` is the mean, ``<column>_std`` the sample std (empty for one run)."""
+    columns = _group_columns(groups)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        header = ["weights", "label", "protocol", "fingerprint", "dataset", "runs", "seeds"]
+        for t, m in columns:
+            header += [_header(t, m), _header(t, m) + "_std"]
+        writer.writerow(header)
+        for g in groups:
+            row = [g.weights, g.label, g.protocol, g.fingerprint or "", g.dataset, len(g.runs), " ".join(g.seeds)]
+            for t, m in columns:
+                mean, std, _ = g.mean_std(t, m)
+                row += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
+            writer.writerow(row)
+    return path
+
+
+def plot_ap_by_method(groups, path: str, metrics=(("bbox", "AP"), ("segm", "AP"))) -> str | None:
+    """Bar plot (PNG): per protocol and dataset, one bar per method and metric, std as error bars.
+
+    Returns None (and writes nothing) when no group has any of ``metrics``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = OrderedDict()
+    for g in groups:
+        if any(g.values(t, m) for t, m in metrics):
+            panels.setdefault((g.protocol, g.dataset), []).append(g)
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 1.6 * max(len(v) for v in panels.values())) * len(panels), 4.2),
+                             squeeze=False)
+    width = 0.8 / len(metrics)
+    for ax, ((protocol, dataset), members) in zip(axes[0], panels.items()):
+        for k, (task, metric) in enumerate(metrics):
+            stats = [g.mean_std(task, metric) for g in members]
+            xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(members))]
+            ax.bar(xs, [s[0] or 0.0 for s in stats], width, yerr=[s[1] or 0.0 for s in stats], capsize=3,
+                   label=_header(task, metric))
+        ax.set_xticks(range(len(members)))
+        ax.set_xticklabels([_short_label(g.label) for g in members], rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{dataset}\n{protocol}", fontsize=9)
+        ax.set_ylabel("AP")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _short_label(label: str) -> str:
+    """``output/x/soco_r50_fpn/model_final_d2.pkl`` -> ``soco_r50_fpn/model_final_d2.pkl``."""
+    parts = label.replace(os.sep, "/").split("/")
+    return "/".join(parts[-2:])

@@ -25,6 +25,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
 from ..checkpoint.loading import load_pretrained_weights
+from ..data.subsets import register_subsets_in
 from ..errors import InputError
 from .checks import check_dataset, check_weights
 from .evaluators import EVALUATOR_TYPES, build_transfer_evaluator
@@ -71,6 +72,8 @@ def check_transfer_inputs(cfg, eval_only: bool = False) -> None:
 def prepare_transfer(args, check: bool = True) -> RunSetup:
     """The config of a transfer run, every input checked (``check``: the launching process)."""
     cfg = cfg_from_args(args)
+    # semi-supervised subsets (e.g. coco_2017_train_10pct_seed3) exist once named; every process registers them
+    register_subsets_in(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     run = RunSetup(cfg, args)
     if check:
         check_device(cfg)
@@ -126,5 +129,5 @@ class TransferTrainer(Trainer):
         if len(cfg.DATASETS.TEST) == 1 and results and cfg.DATASETS.TEST[0] not in results:
             results = OrderedDict([(cfg.DATASETS.TEST[0], results)])  # DefaultTrainer flattens one dataset
         if comm.is_main_process() and results:
-            write_results(cfg.OUTPUT_DIR, results, weights=cfg.MODEL.WEIGHTS)
+            write_results(cfg.OUTPUT_DIR, results, weights=cfg.MODEL.WEIGHTS, cfg=cfg)
         return results
