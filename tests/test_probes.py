@@ -253,7 +253,7 @@ def test_res5_is_built_for_a_c4_config():
     assert set(backbone.output_shape()) == {"res4", "res5"}
 
 
-def test_run_probes_on_the_demo_instance_sets_writes_results(tmp_path):
+def test_run_probes_on_the_demo_instance_sets_writes_results(tmp_path, capsys):
     """End to end on demo_instances_train (memory) / _val (queries), as `make demo` will:
     the numbers of a random backbone are not asserted, the schema and bookkeeping are."""
     cfg = tiny_probe_cfg("TEST.PROBE.REGION_MEMORY", "demo_instances_train",
@@ -262,7 +262,8 @@ def test_run_probes_on_the_demo_instance_sets_writes_results(tmp_path):
     model = build_probe_model(cfg)
     model.train()
     with one_thread():
-        results = run_probes(cfg, model, progress=False)
+        results = run_probes(cfg, model, progress=True)
+    assert "probe boxes demo_instances_val: 100%" in capsys.readouterr().err  # tqdm's bar
     assert model.training and model.backbone.training  # mode restored (the hook's case)
     assert set(results.metrics) == {"demo_instances_val"}
     assert set(results.metrics["demo_instances_val"]) == {"region_knn", "region_linear"}
