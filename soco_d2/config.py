@@ -1,7 +1,7 @@
 """Config keys of soco_d2.
 
 All new keys live under MODEL.SSL (shared by every method), MODEL.SOCO,
-MODEL.DETCON, MODEL.DENSECL, INPUT.SSL, PROPOSALS and SOLVER; each is
+MODEL.DETCON, MODEL.DENSECL, INPUT.SSL, PROPOSALS, SOLVER and TEST.PROBE; each is
 documented where it is defined below.  Call ``add_pretrain_config(cfg)`` on a
 ``get_cfg()`` node before ``merge_from_file``.
 """
@@ -170,6 +170,66 @@ def _add_densecl_config(cfg: CN) -> None:
     cfg.MODEL.DENSECL.WARMUP_ITERS = 0
 
 
+def _add_probe_config(cfg: CN) -> None:
+    """TEST.PROBE: kNN / linear probes of the frozen backbone (soco_d2.evaluation):
+    image level (globally pooled IMAGE_FEATURE of labelled image folders) and object
+    level (RoIAlign of the ground-truth boxes of detectron2 instance datasets).
+    Accuracies are in percent, under the query dataset's name."""
+    cfg.TEST.PROBE = CN()
+    # Run the probes during pretraining every PERIOD iterations (0 = only at the end).
+    cfg.TEST.PROBE.ENABLED = False
+    cfg.TEST.PROBE.PERIOD = 0
+    # Image level: labelled image folders, one sub-folder per class; a registered folder
+    # dataset (imagenet_train / imagenet_val), "folder:<path>" or a path.  "" = off.
+    cfg.TEST.PROBE.IMAGE_MEMORY = ""
+    cfg.TEST.PROBE.IMAGE_QUERIES = ""
+    # Object level: registered detectron2 instance datasets (every non-crowd box, its
+    # category); both must have the same thing_classes.  "" = off.
+    cfg.TEST.PROBE.REGION_MEMORY = ""
+    cfg.TEST.PROBE.REGION_QUERIES = ""
+    # At most this many images of the memory / query set, evenly spaced over the
+    # dataset order (so class-sorted folders keep every class); 0 = all.
+    cfg.TEST.PROBE.MAX_MEMORY_IMAGES = 0
+    cfg.TEST.PROBE.MAX_QUERY_IMAGES = 0
+    # Classifiers on the L2-normalised features: "knn" (weighted kNN) and/or "linear".
+    cfg.TEST.PROBE.CLASSIFIERS = ["knn", "linear"]
+    # Weighted kNN: the K most cosine-similar memory features vote exp(sim / TEMPERATURE)
+    # for their class (K > memory size: all vote; similarity ties: lower memory index first;
+    # vote ties: lower class index first).
+    cfg.TEST.PROBE.K = 20
+    cfg.TEST.PROBE.TEMPERATURE = 0.07
+    # Linear probe: multinomial logistic regression on the memory features (L2-normalised,
+    # then standardised), zero init, full-batch L-BFGS for MAX_ITER iterations, L2 penalty
+    # WEIGHT_DECAY / 2 * ||W||^2 on the weights (deterministic; no learning rate to tune).
+    cfg.TEST.PROBE.LINEAR = CN()
+    cfg.TEST.PROBE.LINEAR.MAX_ITER = 100
+    cfg.TEST.PROBE.LINEAR.WEIGHT_DECAY = 1e-4
+    # Image level: backbone output (for an FPN also its bottom-up's, e.g. res5) averaged
+    # over the image; images resized (shorter side IMAGE_RESIZE) and centre-cropped to IMAGE_CROP.
+    cfg.TEST.PROBE.IMAGE_FEATURE = "res5"
+    cfg.TEST.PROBE.IMAGE_RESIZE = 256
+    cfg.TEST.PROBE.IMAGE_CROP = 224
+    # Object level: feature maps the boxes are RoIAligned on, fine to coarse, one channel
+    # count: ["res5"], ["res4"] or FPN levels ["p2", "p3", "p4", "p5"]; the R x R bins are
+    # averaged.  With several levels each box goes to one level by LEVEL_ASSIGNMENT: "soco"
+    # (sqrt(area) in the resized image's pixels <= LEVEL_THRESHOLDS[i] -> level i, else the
+    # last) or "detectron2" (assign_boxes_to_levels, canonical 224 at level 4).
+    cfg.TEST.PROBE.REGION_FEATURES = ["res5"]
+    cfg.TEST.PROBE.LEVEL_ASSIGNMENT = "soco"
+    cfg.TEST.PROBE.LEVEL_THRESHOLDS = [48, 96, 192]
+    cfg.TEST.PROBE.POOLER_RESOLUTION = 7
+    cfg.TEST.PROBE.POOLER_SAMPLING_RATIO = 0  # 0 = adaptive
+    cfg.TEST.PROBE.POOLER_TYPE = "ROIAlignV2"
+    # Object level: images resized as detectron2's test time (shorter side MIN_SIZE, longer
+    # side at most MAX_SIZE); boxes with a side under MIN_BOX_SIZE px after resizing are left out.
+    cfg.TEST.PROBE.REGION_MIN_SIZE = 800
+    cfg.TEST.PROBE.REGION_MAX_SIZE = 1333
+    cfg.TEST.PROBE.MIN_BOX_SIZE = 0.0
+    # Feature extraction: images per forward pass per process, data-loading workers per process.
+    cfg.TEST.PROBE.BATCH_SIZE = 32
+    cfg.TEST.PROBE.NUM_WORKERS = 2
+
+
 def add_pretrain_config(cfg: CN) -> CN:
     """Add every soco_d2 key (with its default) to a detectron2 config."""
     _add_ssl_config(cfg)
@@ -177,6 +237,7 @@ def add_pretrain_config(cfg: CN) -> CN:
     _add_soco_config(cfg)
     _add_detcon_config(cfg)
     _add_densecl_config(cfg)
+    _add_probe_config(cfg)
     return cfg
 
 
