@@ -38,7 +38,7 @@ def main(argv=None):
 
     from soco_d2.data import get_pretrain_dicts, load_image_folder
     from soco_d2.proposals import ProposalCache
-    from soco_d2.proposals.imageio import read_rgb
+    from soco_d2.imageio import read_rgb
     from soco_d2.proposals.visualize import draw_boxes, draw_mask
 
     if not os.path.isfile(args.cache):
