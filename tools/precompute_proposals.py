@@ -37,6 +37,17 @@ from soco_d2.proposals.presets import DEFAULT_PRESET, PAPER_FILTER, PRESETS, get
 logger = logging.getLogger("soco_d2.proposals")
 
 
+def pixel_count(text: str) -> int:
+    """A whole number written as 250000000, 250_000_000 or 250e6."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 250e6)") from None
+    if value < 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 0")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="precompute_proposals.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = p.add_argument_group("images")
     i.add_argument("--min-image-side", type=int, metavar="PX",
                    help="images with a side below PX are not segmented: whole-image box / one segment (default 8)")
-    i.add_argument("--max-pixels", type=int, metavar="N", help="skip images with more pixels, before decoding (default 250e6)")
+    i.add_argument("--max-pixels", type=pixel_count, metavar="N",
+                   help="skip images with more pixels, before decoding (default 250e6; 5e6 or 5000000)")
     i.add_argument("--allow-truncated", action="store_true",
                    help="decode truncated files (the missing part is grey) instead of skipping them")
 
@@ -130,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true",
                    help="replace an existing output made with other settings or images, and discard an interrupted "
                         "run made with other settings (an output that is complete with the same settings is kept)")
+    r.add_argument("--verify", metavar="PATH",
+                   help="check every byte of the cache PATH (checksums, decoding, index) and exit (1 if damaged)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--summary-json", metavar="PATH", help="also write the run summary as JSON")
 
@@ -212,6 +226,12 @@ def main(argv=None):
     if args.list_presets:
         list_presets()
         return 0
+    if args.verify:
+        from soco_d2.proposals.verify import format_verify_report, verify_cache
+
+        report = verify_cache(args.verify, progress=not args.no_progress)
+        print(format_verify_report(report))
+        return 0 if report["ok"] else 1
     if not args.output:
         parser.error("--output PATH is required")
     if args.workers < 0:
@@ -254,7 +274,11 @@ def main(argv=None):
         dicts, source = dataset_items(args, parser)
         if os.path.exists(args.output) and not args.overwrite:
             parser.error(f"{args.output} exists; pass --overwrite to replace it")
-        counts = import_official_json(args.import_json, dicts, args.output, source)
+        try:
+            counts = import_official_json(args.import_json, dicts, args.output, source)
+        except ValueError as e:
+            logger.error("error: %s", e)
+            return 1
         logger.info("imported %s into %s: %s", args.import_json, args.output, counts)
         if args.export_json:
             export_official_json(args.output, args.export_json, args.json_keys)
