@@ -1,7 +1,7 @@
 """Config keys of soco_d2 and helpers to locate detectron2's own configs.
 
 All new keys live under MODEL.SSL (shared by every method), MODEL.SOCO,
-MODEL.DETCON, MODEL.DENSECL, INPUT.SSL, PROPOSALS and SOLVER; each is
+MODEL.DETCON, MODEL.DENSECL, INPUT.SSL, PROPOSALS, SOLVER and DATALOADER; each is
 documented where it is defined below.  Call ``add_pretrain_config(cfg)`` on a
 ``get_cfg()`` node before ``merge_from_file``.
 """
@@ -127,6 +127,17 @@ def _add_ssl_config(cfg: CN) -> None:
     cfg.SOLVER.LOG_WINDOW = 20
 
 
+def _add_dataloader_config(cfg: CN) -> None:
+    """DATALOADER additions of the pretraining loader (soco_d2.data.build)."""
+    # Unreadable images (zero-byte, truncated, corrupt, missing, or skipped by the proposal
+    # precompute): each sample that meets one uses the next image of the dataset instead
+    # (deterministically, so --resume stays exact) and the file is logged with its path.
+    # The run stops, listing them, once more than MAX_BAD_IMAGES *distinct* files were met,
+    # counted over all processes and dataloader workers and kept across --resume
+    # (soco_d2/data/bad_images.py).  0 = stop at the first; -1 = no limit.
+    cfg.DATALOADER.MAX_BAD_IMAGES = 100
+
+
 def _add_proposals_config(cfg: CN) -> None:
     """PROPOSALS: where the precomputed boxes / masks come from and how they are sampled."""
     cfg.PROPOSALS = CN()
@@ -197,6 +208,7 @@ def _add_densecl_config(cfg: CN) -> None:
 def add_pretrain_config(cfg: CN) -> CN:
     """Add every soco_d2 key (with its default) to a detectron2 config."""
     _add_ssl_config(cfg)
+    _add_dataloader_config(cfg)
     _add_proposals_config(cfg)
     _add_soco_config(cfg)
     _add_detcon_config(cfg)

@@ -43,6 +43,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import get_pretrain_cfg
 from ..data.build import build_pretrain_train_loader, load_pretrain_dicts
+from ..data.checks import check_pretrain_caches
 from .hooks import IterationSeedHook, MomentumHook, unwrap_model
 from .norms import apply_norm_changes, syncbn_changes
 from .solver import build_pretrain_lr_scheduler, build_pretrain_optimizer
@@ -117,6 +118,7 @@ def setup_pretrain_cfg(args) -> CfgNode:
     cfg = merged_cfg(args)
     notes = apply_epoch_schedule(cfg, cli_keys(getattr(args, "opts", [])))
     cfg.freeze()
+    check_pretrain_caches(cfg)  # before anything is written to OUTPUT_DIR or a model is built
     default_setup(cfg, args)
     # detectron2 sets up its own loggers only; soco_d2's messages go to the console and log.txt too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="soco_d2")
@@ -355,10 +357,13 @@ class PretrainTrainer(Trainer):
     def state_dict(self):
         state = super().state_dict()
         state["seed"] = self.seed
+        state["bad_images"] = self.train_loader.bad_images.state_dict()  # a resumed run continues the count
         return state
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        if "bad_images" in state_dict:
+            self.train_loader.bad_images.load_state_dict(state_dict["bad_images"])
         if "seed" in state_dict and int(state_dict["seed"]) != self.seed:
             logger.info("resuming with the checkpoint's seed %d (config: %d)", state_dict["seed"], self.seed)
             self.train_loader.seed = int(state_dict["seed"])
