@@ -2,6 +2,7 @@
 image of the dataset (so --resume stays exact), counted once per file, logged
 with their path, and limited by DATALOADER.MAX_BAD_IMAGES; 16-bit images are
 scaled as in the proposal precompute, not clipped to white."""
+import itertools
 import logging
 import os
 import shutil
@@ -13,9 +14,11 @@ import torch
 from detectron2.data.detection_utils import read_image
 from PIL import Image
 
+from dist_utils import run_in_gloo_processes
 from engine_utils import one_torch_thread, tiny_cfg  # noqa: F401  (autouse fixture)
 from soco_d2.data import build_ssl_mapper, get_pretrain_dicts
 from soco_d2.data.bad_images import BadImageLog, TooManyBadImagesError
+from soco_d2.data.build import PretrainLoader
 from soco_d2.engine import PretrainTrainer
 from soco_d2.engine.pretrain import read_metrics
 from soco_d2.imageio import read_rgb
@@ -131,3 +134,30 @@ def test_bad_image_log_counts_files_not_occurrences():
     unlimited = BadImageLog(limit=-1)
     unlimited.update({f"/{i}.jpg": "corrupt" for i in range(50)})
     assert len(unlimited) == 50
+
+
+def _epoch_0_bad_images(folder, limit, rank=None, world_size=None):
+    """This process's share of epoch 0 (seed 3): its bad-image log, or the error that stopped it."""
+    dicts = get_pretrain_dicts(f"folder:{folder}")
+    loader = PretrainLoader(dicts, build_ssl_mapper(_cfg(folder, "unused")), 4, seed=3, rank=rank,
+                            world_size=world_size, max_bad_images=limit)
+    try:
+        batches = list(itertools.islice(iter(loader), 2))
+    except TooManyBadImagesError as e:
+        return {"found": sorted(loader.bad_images.found), "error": str(e)}
+    return {"found": sorted(loader.bad_images.found), "images": sum(len(b) for b in batches)}
+
+
+def _without_and_with_a_limit(folder):
+    return _epoch_0_bad_images(folder, -1), _epoch_0_bad_images(folder, 1)
+
+
+def test_processes_share_one_count(folder):
+    """Seed 3 puts the zero-byte file in rank 0's half of epoch 0 and the truncated one in rank 1's;
+    the processes exchange what they found, so each holds both and both stop together."""
+    empty, trunc = os.path.join(folder, "empty.jpg"), os.path.join(folder, "trunc.jpg")
+    alone = [_epoch_0_bad_images(folder, -1, rank=r, world_size=2)["found"] for r in range(2)]  # no process group
+    assert alone == [[empty], [trunc]]
+    for shared, stopped in run_in_gloo_processes(_without_and_with_a_limit, 2, folder):
+        assert shared == {"found": [empty, trunc], "images": 4}
+        assert stopped["found"] == [empty, trunc] and "more than DATALOADER.MAX_BAD_IMAGES = 1" in stopped["error"]
