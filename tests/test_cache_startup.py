@@ -3,7 +3,6 @@ model is built and before anything is written to OUTPUT_DIR, with one message;
 a worker opening the wrong kind fails clearly too; an image the precompute
 skipped counts as a bad image at train time."""
 import argparse
-import os
 import subprocess
 import sys
 

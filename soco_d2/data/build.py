@@ -42,7 +42,7 @@ from .datasets import get_pretrain_dicts
 logger = logging.getLogger(__name__)
 
 # A mapper may return None (an image it cannot use); the position then tries the
-# next images of the permutation, with fresh seeds, this many times.
+# next images of the dataset, with fresh seeds, up to this many times.
 MAX_MAP_ATTEMPTS = 10
 
 

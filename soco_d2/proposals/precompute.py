@@ -238,7 +238,8 @@ def precompute(items, spec: ProposalSpec, output: str, *, source: dict | None = 
             return dict(summarize(path), already_complete=True)
         if not overwrite:
             raise FileExistsError(
-                f"{path} exists but was made with other settings or images; pass --overwrite to replace it"
+                f"{path} exists but is not this run's result (other settings or images, or a damaged file); "
+                "pass --overwrite to replace it"
             )
     fp = _fingerprint(header, keys, chunk_size)
     run_file = os.path.join(parts_dir, "run.json")
