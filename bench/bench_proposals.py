@@ -39,7 +39,8 @@ from soco_d2.proposals.backends import build_backend  # noqa: E402
 from soco_d2.proposals.boxes import best_overlaps, map_boxes_to_original  # noqa: E402
 from soco_d2.proposals.codec import encode_boxes, encode_mask  # noqa: E402
 from soco_d2.proposals.filters import parse_official_strategy  # noqa: E402
-from soco_d2.proposals.imageio import read_rgb, resize_max_side  # noqa: E402
+from soco_d2.imageio import read_rgb  # noqa: E402
+from soco_d2.proposals.resize import resize_max_side  # noqa: E402
 from soco_d2.proposals.official import official_json_bytes  # noqa: E402
 from soco_d2.proposals.presets import PAPER_FILTER  # noqa: E402
 

@@ -1,7 +1,8 @@
 """Config keys of soco_d2.
 
 All new keys live under MODEL.SSL (shared by every method), MODEL.SOCO,
-MODEL.DETCON, MODEL.DENSECL, INPUT.SSL, PROPOSALS, SOLVER and TEST.PROBE; each is
+MODEL.DETCON, MODEL.DENSECL, INPUT.SSL, PROPOSALS, SOLVER, DATALOADER and
+TEST.PROBE; each is
 documented where it is defined below.  Call ``add_pretrain_config(cfg)`` on a
 ``get_cfg()`` node before ``merge_from_file``.
 """
@@ -101,6 +102,17 @@ def _add_ssl_config(cfg: CN) -> None:
     cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS = False
     cfg.SOLVER.LOG_PERIOD = 20
     cfg.SOLVER.LOG_WINDOW = 20
+
+
+def _add_dataloader_config(cfg: CN) -> None:
+    """DATALOADER additions of the pretraining loader (soco_d2.data.build)."""
+    # Unreadable images (zero-byte, truncated, corrupt, missing, or skipped by the proposal
+    # precompute): each sample that meets one uses the next image of the dataset instead
+    # (deterministically, so --resume stays exact) and the file is logged with its path.
+    # The run stops, listing them, once more than MAX_BAD_IMAGES *distinct* files were met,
+    # counted over all processes and dataloader workers and kept across --resume
+    # (soco_d2/data/bad_images.py).  0 = stop at the first; -1 = no limit.
+    cfg.DATALOADER.MAX_BAD_IMAGES = 100
 
 
 def _add_proposals_config(cfg: CN) -> None:
@@ -233,6 +245,7 @@ def _add_probe_config(cfg: CN) -> None:
 def add_pretrain_config(cfg: CN) -> CN:
     """Add every soco_d2 key (with its default) to a detectron2 config."""
     _add_ssl_config(cfg)
+    _add_dataloader_config(cfg)
     _add_proposals_config(cfg)
     _add_soco_config(cfg)
     _add_detcon_config(cfg)

@@ -12,7 +12,7 @@ from detectron2.data.datasets import register_coco_instances
 from PIL import Image
 
 from soco_d2 import get_pretrain_cfg
-from soco_d2.config import project_config_path
+from config_utils import project_config_path
 from soco_d2.data.demo import demo_photo_paths
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (230, 210, 30)}

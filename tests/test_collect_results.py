@@ -15,7 +15,8 @@ import pytest
 from soco_d2.data.subsets import register_coco_subset
 from soco_d2.engine import TransferTrainer
 from soco_d2.errors import InputError
-from soco_d2.engine.results import collect_results, find_result_files, protocol_of, write_results
+from soco_d2.engine.collect import collect_results, find_result_files
+from soco_d2.engine.results import protocol_of, write_results
 
 from test_transfer import TINY, transfer_cfg
 

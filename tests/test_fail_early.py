@@ -128,7 +128,7 @@ def test_a_cache_of_other_images_is_refused(tmp_path, capsys):
     folder = tmp_path / "out"
     cache = write_box_cache(tmp_path / "partial.pcache", {"astronaut", "chelsea"})
     status, err = pretrain(pretrain_argv(folder, PROPOSALS__BOX_CACHE=cache, **SOCO_DATA), capsys)
-    assert status == 2 and "has no entry for 7 of the 9 images" in err and "--method selective_search" in err
+    assert status == 2 and "7 of the 9 images of demo_images are not in it" in err and "--method selective_search" in err
     assert snapshot(folder) is None
     not_a_cache = tmp_path / "garbage.pcache"
     not_a_cache.write_bytes(b"not a cache at all" * 10)

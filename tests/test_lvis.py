@@ -194,7 +194,7 @@ def test_lvis_trains_with_repeat_factors_and_evaluates_through_the_transfer_trai
 
 def test_lvis_config_is_the_coco_protocol_with_lvis_settings():
     from soco_d2 import get_pretrain_cfg
-    from soco_d2.config import project_config_path
+    from config_utils import project_config_path
 
     cfg = get_pretrain_cfg()
     cfg.merge_from_file(project_config_path(LVIS_CONFIG))

@@ -8,7 +8,7 @@ from PIL import Image
 from soco_d2.proposals import ProposalGenerator, build_backend, get_preset
 from soco_d2.proposals.filters import parse_official_strategy
 from soco_d2.proposals.generate import process_image
-from soco_d2.proposals.imageio import ImageSkip, read_rgb
+from soco_d2.imageio import ImageSkip, read_rgb
 
 # a flat red square covering columns 10..29 and rows 20..39 of a grey 64x64 image
 SQUARE = [10, 20, 30, 40]

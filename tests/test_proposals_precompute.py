@@ -1,5 +1,5 @@
-"""The precompute tool: bad images, shards + merge, resume after SIGKILL, CLI errors."""
-import importlib.util
+"""The precompute tool: bad images, shards + merge, resume after SIGKILL, no
+process left after a SIGKILL, CLI errors."""
 import json
 import os
 import signal
@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from soco_d2.proposals import ProposalCache
+from tool_utils import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "precompute_proposals.py")
@@ -19,10 +20,7 @@ TOOL = os.path.join(REPO, "tools", "precompute_proposals.py")
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("precompute_proposals_tool", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("precompute_proposals")
 
 
 def photo(seed, h=48, w=64):
@@ -138,6 +136,91 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, tool):
         assert c.generator["max_side"] == 32 and len(c) == 24
 
 
+def _descendants(pid):
+    """pids of every living process below ``pid`` (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited (its new parent reaps it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_no_process_outlives_a_sigkill_of_the_main_process(tmp_path):
+    d = make_folder(str(tmp_path / "imgs"), 24)
+    out = str(tmp_path / "c.pcache")
+    proc = subprocess.Popen([sys.executable, TOOL, "--image-dir", d, "--method", "selective_search", "--preset", "paper",
+                             "--chunk-size", "2", "--workers", "2", "--no-progress", "--output", out], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        run = []
+        while time.time() < deadline and proc.poll() is None:
+            run = _descendants(proc.pid)  # resource tracker, forkserver, 2 workers
+            if len(run) >= 4 and os.path.isdir(out + ".parts") and any(
+                    f.endswith(".pcache") for f in os.listdir(out + ".parts")):
+                break  # workers are computing
+            time.sleep(0.05)
+        assert proc.poll() is None and len(run) >= 4, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # the main process only, as the OOM killer or `kill -9 PID` would
+        proc.wait()
+        killed_at = time.time()
+        while time.time() < killed_at + 10 and any(_alive(p) for p in run):
+            time.sleep(0.1)
+        left = [p for p in run if _alive(p)]
+        print(f"\n{len(run)} processes of the run; all gone {time.time() - killed_at:.2f} s after the kill")
+    finally:
+        for p in _descendants(proc.pid) if proc.poll() is None else []:
+            os.kill(p, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+    assert not left, f"processes {left} outlived the killed run by 10 s"
+
+
+def test_small_argument_fixes(tmp_path, tool, caplog, capsys):
+    d = make_folder(str(tmp_path / "imgs"), 2)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = str(tmp_path / "c.pcache")
+    common = ["--image-dir", d, "--method", "felzenszwalb", "--workers", "0", "--no-progress", "--max-side", "32"]
+    assert tool.build_parser().parse_args(["--max-pixels", "5e6"]).max_pixels == 5_000_000
+    assert tool.build_parser().parse_args(["--max-pixels", "250_000_000"]).max_pixels == 250_000_000
+    assert run_tool(tool, common + ["--max-pixels", "5e6", "--output", out]) == 0
+    with ProposalCache(out) as c:
+        assert c.generator["max_pixels"] == 5_000_000
+    # --output under a file: one clear error, no traceback
+    assert run_tool(tool, common + ["--output", str(blocker / "c.pcache")]) == 1
+    assert f"cannot write {blocker}/c.pcache: {blocker} is a file, not a folder" in caplog.text
+    # --import-json with no key matching the dataset: non-zero, nothing written
+    official = tmp_path / "official.json"
+    official.write_text(json.dumps({"n0000_1": [[0, 0, 5, 5]], "n0000_2": [[1, 1, 3, 3]]}))
+    imported = str(tmp_path / "imported.pcache")
+    with pytest.raises(SystemExit) as e:
+        run_tool(tool, ["--image-dir", d, "--import-json", str(official), "--output", imported])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "none of the 2 keys of" in err and "Nothing was written" in err
+    assert not os.path.exists(imported) and not [f for f in os.listdir(tmp_path) if f.startswith("imported")]
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "--output PATH is required"),
     (["--output", "x.pcache", "--method", "selective_search"], "exactly one of --dataset"),
@@ -154,6 +237,8 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, tool):
     (["--output", "x.pcache", "--dataset", "demo_images", "--method", "felzenszwalb", "--workers", "-1"], "--workers"),
     (["--output", "x.pcache", "--dataset", "demo_images", "--method", "felzenszwalb", "--max-side", "-5"], "max_side"),
     (["--output", "x.pcache", "--dataset", "demo_images", "--method", "selective_search", "--mode", "slow"], "invalid choice"),
+    (["--output", "x.pcache", "--dataset", "demo_images", "--method", "felzenszwalb", "--max-pixels", "5.5"], "whole number"),
+    (["--output", "x.pcache", "--dataset", "demo_images", "--method", "felzenszwalb", "--max-pixels", "lots"], "not a number"),
 ])
 def test_bad_arguments_give_clear_errors(tool, capsys, argv, message):
     with pytest.raises(SystemExit) as e:
@@ -173,9 +258,7 @@ def test_demo_images_keys_sizes_and_drawing(tmp_path, tool):
         assert c.generator["params"] == {"scale": 1000.0, "sigma": 0.8, "min_size": 1000}
         assert {"numpy", "opencv", "pillow", "scikit-image", "soco_d2"} <= set(c.versions)
     # draw them: the visualizer is a thin CLI too
-    spec = importlib.util.spec_from_file_location("visualize_tool", os.path.join(REPO, "tools", "visualize_proposals.py"))
-    vis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vis)
+    vis = load_tool("visualize_proposals")
     assert vis.cli(["--cache", out, "--dataset", "demo_images", "--images", "chelsea", "--output-dir", str(tmp_path)]) == 0
     drawn = Image.open(tmp_path / "chelsea.png")
     assert drawn.size == (451, 300)

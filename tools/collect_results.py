@@ -21,7 +21,7 @@ import sys
 
 import soco_d2  # noqa: F401  (compat shims first)
 from soco_d2.cli import run_cli, tool_parser
-from soco_d2.engine.results import (
+from soco_d2.engine.collect import (
     collect_results,
     collected_markdown,
     plot_ap_by_method,

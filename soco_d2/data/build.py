@@ -14,6 +14,11 @@ restored afterwards, so that
 * a run resumed at iteration k continues with position ``k * B``, exactly the
   samples the uninterrupted run would have seen.
 
+A sample whose image cannot be read (``soco_d2.imageio.ImageSkip``) uses the
+next image of the dataset instead, under seeds from (seed, position, attempt),
+so that rule keeps holding; the bad files are counted and limited by
+``soco_d2.data.bad_images.BadImageLog``.
+
 Batches are lists of mapper dicts (detectron2's ``trivial_batch_collator``).
 """
 from __future__ import annotations
@@ -30,12 +35,14 @@ from detectron2.data.build import trivial_batch_collator
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 
+from ..imageio import ImageSkip
+from .bad_images import BadImageLog, TooManyBadImagesError, format_bad_images
 from .datasets import get_pretrain_dicts
 
 logger = logging.getLogger(__name__)
 
 # A mapper may return None (an image it cannot use); the position then tries the
-# next images of the permutation, with fresh seeds, this many times.
+# next images of the dataset, with fresh seeds, up to this many times.
 MAX_MAP_ATTEMPTS = 10
 
 
@@ -116,29 +123,67 @@ class SampleStream:
 
 
 class PositionMappedDataset(torch.utils.data.Dataset):
-    """``dataset[p]``: the mapper's output for stream position p, under RNGs seeded from (seed, p)."""
+    """``dataset[p]``: the mapper's output for stream position p, under RNGs seeded from (seed, p).
 
-    def __init__(self, dataset_dicts, mapper, stream: SampleStream):
+    An image that cannot be read, or a mapper returning None, moves the position
+    on to the next image of the dataset (attempt 1, 2, ...: seeds from (seed, p,
+    attempt)).  With ``with_reports`` an item is ``(mapped, {file_name: reason})``
+    of the unreadable images it met, for the loader's :class:`BadImageLog`.
+    """
+
+    def __init__(self, dataset_dicts, mapper, stream: SampleStream, max_bad_images: int = -1,
+                 with_reports: bool = False):
         self._dicts = dataset_dicts if isinstance(dataset_dicts, DatasetFromList) else DatasetFromList(
             list(dataset_dicts), copy=True, serialize=True)
         self._mapper = mapper
         self.stream = stream
+        self.max_bad_images = int(max_bad_images)
+        self.with_reports = with_reports
 
     def __len__(self):  # positions are unbounded; len is the number of images
         return len(self._dicts)
 
     def __getitem__(self, position: int):
+        mapped, bad = self.sample(position)
+        return (mapped, bad) if self.with_reports else mapped
+
+    def sample(self, position: int) -> tuple[dict, dict]:
+        """(mapped sample, ``{file_name: reason}`` of the unreadable images skipped on the way)."""
         index = self.stream.index(position)
+        bad, nones = {}, 0
         with preserved_global_rngs():
-            for attempt in range(MAX_MAP_ATTEMPTS):
+            for attempt in range(len(self._dicts)):
                 seed_global_rngs(derive_seed(self.stream.seed, position, attempt))
                 dataset_dict = self._dicts[(index + attempt) % len(self._dicts)]
-                mapped = self._mapper(dataset_dict)
+                try:
+                    mapped = self._mapper(dataset_dict)
+                except ImageSkip as e:
+                    bad[dataset_dict["file_name"]] = str(e)
+                    if 0 <= self.max_bad_images < len(bad):
+                        raise TooManyBadImagesError(format_bad_images(bad, self.max_bad_images)) from None
+                    continue
                 if mapped is not None:
-                    return mapped
+                    return mapped, bad
+                nones += 1
                 logger.warning("mapper returned None for %s (position %d); trying the next image",
                                dataset_dict.get("file_name", dataset_dict.get("image_id")), position)
-        raise RuntimeError(f"the mapper returned None for {MAX_MAP_ATTEMPTS} images in a row at position {position}")
+                if nones >= MAX_MAP_ATTEMPTS:
+                    raise RuntimeError(f"the mapper returned None for {MAX_MAP_ATTEMPTS} images at position {position}")
+        raise RuntimeError(f"no image of the dataset could be used at position {position}: "
+                           f"{len(bad)} unreadable, {nones} refused by the mapper")
+
+
+class _CollateWithReports:
+    """Collates the mapped samples with ``collate``; passes the bad-image reports beside the batch."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items):
+        bad = {}
+        for _, reports in items:
+            bad.update(reports)
+        return self.collate([mapped for mapped, _ in items]), bad
 
 
 class RankBatchSampler(torch.utils.data.Sampler):
@@ -165,7 +210,8 @@ class PretrainLoader:
     """
 
     def __init__(self, dataset_dicts, mapper, total_batch_size: int, *, seed: int, num_workers: int = 0,
-                 start_iter: int = 0, rank: int | None = None, world_size: int | None = None):
+                 start_iter: int = 0, rank: int | None = None, world_size: int | None = None,
+                 max_bad_images: int = -1):
         self.rank = comm.get_rank() if rank is None else rank
         self.world_size = comm.get_world_size() if world_size is None else world_size
         if total_batch_size % self.world_size:
@@ -178,6 +224,8 @@ class PretrainLoader:
         self._dicts = DatasetFromList(list(dataset_dicts), copy=True, serialize=True)
         self._mapper = mapper
         self.stream = SampleStream(len(self._dicts), total_batch_size, seed)
+        # unreadable images met so far (saved in checkpoints by the trainer)
+        self.bad_images = BadImageLog(max_bad_images, self.world_size)
 
     @property
     def seed(self) -> int:
@@ -191,15 +239,16 @@ class PretrainLoader:
     def iters_per_epoch(self) -> int:
         return self.stream.iters_per_epoch
 
-    def dataset(self) -> PositionMappedDataset:
-        return PositionMappedDataset(self._dicts, self._mapper, self.stream)
+    def dataset(self, with_reports: bool = False) -> PositionMappedDataset:
+        return PositionMappedDataset(self._dicts, self._mapper, self.stream, self.bad_images.limit, with_reports)
 
     def build_torch_loader(self, start_iter: int) -> torch.utils.data.DataLoader:
+        """Batches as ``(list of mapped dicts, {file_name: reason} of unreadable images met)``."""
         return torch.utils.data.DataLoader(
-            self.dataset(),
+            self.dataset(with_reports=True),
             batch_sampler=RankBatchSampler(self.stream, start_iter, self.rank, self.world_size),
             num_workers=self.num_workers,
-            collate_fn=trivial_batch_collator,
+            collate_fn=_CollateWithReports(trivial_batch_collator),
             # workers' base seed; samples are reseeded per position anyway.  Passing a
             # generator keeps the DataLoader from drawing on the global torch RNG.
             generator=torch.Generator().manual_seed(self.seed & 0x7FFFFFFFFFFFFFFF),
@@ -211,7 +260,9 @@ class PretrainLoader:
                     "(position %d, epoch %d), seed %d, %d workers", self.rank, self.world_size,
                     self.batch_size, start, start * self.total_batch_size,
                     self.stream.epoch(start * self.total_batch_size), self.seed, self.num_workers)
-        yield from self.build_torch_loader(start)
+        for batch, bad in self.build_torch_loader(start):
+            self.bad_images.update(bad)  # every iteration: a collective when there are several processes
+            yield batch
 
 
 def load_pretrain_dicts(names) -> list[dict]:
@@ -245,6 +296,7 @@ def build_pretrain_train_loader(cfg, mapper=None, start_iter: int = 0, dataset_d
         seed=resolve_seed(cfg.SEED),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         start_iter=start_iter,
+        max_bad_images=cfg.DATALOADER.MAX_BAD_IMAGES,
     )
     logger.info("pretraining data: %s, %d images, %d iterations per epoch at %d images per batch",
                 ", ".join(cfg.DATASETS.TRAIN), loader.stream.num_samples, loader.iters_per_epoch,

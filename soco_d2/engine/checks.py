@@ -7,8 +7,8 @@ what is wrong, where it was looked for and how to fix it.
   schedule, these checks and the train loader share the dicts);
 * :func:`check_pretrain_inputs` ``(cfg, dataset_dicts)`` is *the* start-up
   validation of a pretraining run's data: registered names, and every proposal
-  / mask cache the mapper reads (it exists, opens, and holds the dataset's image
-  ids; else the exact ``precompute_proposals.py`` command).  Extend it by
+  / mask cache the mapper reads (it exists, holds the kind the mapper reads and
+  the dataset's image ids; else the exact ``precompute_proposals.py`` command).  Extend it by
   adding checks to ``PRETRAIN_CHECKS`` or to :func:`check_cache`;
 * :func:`check_dataset`: a detectron2 (transfer) dataset's files are where
   detectron2 looks for them;
@@ -29,7 +29,8 @@ from ..data import SSL_MAPPER_REGISTRY
 from ..data.build import load_pretrain_dicts
 from ..data.datasets import datasets_root
 from ..errors import InputError
-from ..proposals import ProposalCache
+from ..proposals.cache import CacheCorruptError
+from ..proposals.verify import check_cache as verify_cache_fits
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ def precompute_command(cfg, method: str, output: str) -> str:
 
 
 def check_cache(cfg, dataset_dicts, key: str, method: str) -> None:
-    """``PROPOSALS.<key>`` exists, opens and holds every image id of ``dataset_dicts``."""
+    """``PROPOSALS.<key>`` exists, holds the kind the mapper reads (boxes / masks) and every
+    image id of ``dataset_dicts`` (``soco_d2.proposals.verify.check_cache``: header and index
+    only; a damaged file is reported as unreadable)."""
     path = cfg.PROPOSALS[key]
     kind = "box" if key == "BOX_CACHE" else "mask"
     command = precompute_command(cfg, method, path or f"proposals/<dataset>_{'ss' if method == 'selective_search' else 'fh'}.pcache")
@@ -78,22 +81,11 @@ def check_cache(cfg, dataset_dicts, key: str, method: str) -> None:
     if not os.path.isfile(path):
         raise InputError(f"PROPOSALS.{key} {path!r} does not exist ({os.path.abspath(path)}); make it with: {command}")
     try:
-        cache = ProposalCache(path)
-    except (ValueError, OSError) as err:
+        verify_cache_fits(path, f"{kind}es" if kind == "box" else f"{kind}s", dataset_dicts, key=f"PROPOSALS.{key}",
+                          allow_missing=cfg.PROPOSALS.MISSING == "whole_image",
+                          dataset_name=", ".join(cfg.DATASETS.TRAIN))
+    except (CacheCorruptError, OSError) as err:
         raise InputError(f"PROPOSALS.{key} {path!r} cannot be read ({err}); make it again with: {command}") from None
-    with cache:
-        skipped = cache.skipped
-        ids = sorted((str(d["image_id"]) for d in dataset_dicts), key=lambda i: i.encode("utf-8"))
-        missing = [i for i in ids if i not in skipped and i not in cache]
-    if not missing:
-        return
-    where = f"PROPOSALS.{key} {path!r} has no entry for {len(missing)} of the {len(ids)} images of DATASETS.TRAIN " \
-            f"{tuple(cfg.DATASETS.TRAIN)} (e.g. {', '.join(missing[:3])})"
-    if cfg.PROPOSALS.MISSING == "whole_image":
-        logger.warning("%s; PROPOSALS.MISSING whole_image: those images use the whole image", where)
-        return
-    raise InputError(f"{where}: it was made for other images or is incomplete. Make it with: {command} "
-                     "(or set PROPOSALS.MISSING whole_image)")
 
 
 def check_caches(cfg, dataset_dicts) -> None:

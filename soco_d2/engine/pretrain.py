@@ -210,10 +210,13 @@ class PretrainTrainer(Trainer):
     def state_dict(self):
         state = super().state_dict()
         state["seed"] = self.seed
+        state["bad_images"] = self.train_loader.bad_images.state_dict()  # a resumed run continues the count
         return state
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        if "bad_images" in state_dict:
+            self.train_loader.bad_images.load_state_dict(state_dict["bad_images"])
         if "seed" in state_dict and int(state_dict["seed"]) != self.seed:
             logger.info("resuming with the checkpoint's seed %d (config: %d)", state_dict["seed"], self.seed)
             self.train_loader.seed = int(state_dict["seed"])

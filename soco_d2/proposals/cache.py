@@ -11,11 +11,19 @@ memory mapping.  The byte layout is documented in ``proposals/README.md``.
   settings) and atomically (temporary file, fsync, rename).
 * :func:`merge_caches` joins shards (or the part files of a resumable run)
   into one file, byte-identical to writing all records at once.
+
+Files check themselves (format 2): the header (zlib, with its Adler-32) says
+what the file holds and for which image ids; a CRC32 covers the index
+sections (checked at open) and one covers each block (checked when the block
+is read), so a corrupt byte gives :class:`CacheCorruptError` naming the file,
+the block and the remedy instead of wrong boxes.  Format-1 files (no
+checksums) are still read, with a warning.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import mmap
 import os
 import struct
@@ -25,23 +33,79 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..errors import InputError
 from . import codec
 from .blocks import get_layout
 
 MAGIC = b"SOCOPC\x00\x01"
 FORMAT = "soco_d2.proposal_cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: CRC32 of the index and of every block, image-id digest; 1: no checksums
+READABLE_VERSIONS = (1, 2)
 KINDS = ("boxes", "masks")
+# What each kind holds and which config key reads it (for messages).
+KIND_USE = {"boxes": "selective-search boxes, for SoCo's PROPOSALS.BOX_CACHE",
+            "masks": "Felzenszwalb label maps, for DetCon's PROPOSALS.MASK_CACHE"}
 # Block settings per kind: boxes are tiny and compress well together; label
 # maps are already compressed one by one.
 DEFAULT_BLOCK = {"boxes": (64, "box_columns"), "masks": (1, "records")}
 _HEAD = struct.Struct("<8sQ")
 _ALIGN = 8
 _BLOCK_CACHE = 8
+# Index sections, in file order (format 2 adds the per-block CRC32s).
+_INDEX_SECTIONS = ("block_offsets", "bucket_starts", "bucket_entries", "fingerprints", "block_crc32")
+
+logger = logging.getLogger("soco_d2.proposals")
+_warned_unchecked: set = set()
+
+
+class CacheError(InputError, ValueError):
+    """A cache file that cannot be used as asked (wrong kind, other dataset, corrupt);
+    an ``InputError``, so a tool ends with its one-line message."""
+
+
+class CacheCorruptError(CacheError):
+    """A cache file whose bytes fail a check: the file is damaged (or not a cache)."""
 
 
 def _key_bytes(key) -> bytes:
     return str(key).encode("utf-8")
+
+
+def image_ids_digest(image_ids) -> str:
+    """SHA-256 of the sorted (UTF-8 byte order), newline-joined image ids: one
+    value for a set of images, recorded in a cache header and compared with a dataset."""
+    keys = sorted({str(k) for k in image_ids}, key=_key_bytes)
+    return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
+
+
+def make_parent_dir(path: str) -> str:
+    """Create the folder of an output file; a clear error when a file stands in its way."""
+    d = os.path.dirname(os.path.abspath(path))
+    up = d
+    while not os.path.exists(up):
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        raise CacheError(f"cannot write {path}: {up} is a file, not a folder")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def source_dataset(header: dict) -> str:
+    """The dataset a cache was made from, as its header names it ("" if unknown)."""
+    source = header.get("source")
+    return str((source.get("dataset") if isinstance(source, dict) else source) or "")
+
+
+def recompute_hint(path: str, header: dict | None = None) -> str:
+    """The command that rebuilds ``path`` (as well as the header allows)."""
+    header = header or {}
+    dataset = source_dataset(header)
+    source = (f"--image-dir {dataset}" if dataset.startswith("/") else f"--dataset {dataset}") if dataset else \
+        "--dataset NAME"
+    method = header.get("method") or "selective_search|felzenszwalb"
+    preset = (header.get("generator") or {}).get("preset")
+    preset = f" --preset {preset}" if preset else ""
+    return f"python tools/precompute_proposals.py {source} --method {method}{preset} --output {path} --overwrite"
 
 
 def key_hashes(key_bytes: bytes) -> tuple:
@@ -69,34 +133,73 @@ class ProposalCache:
         try:
             size = os.fstat(self._file.fileno()).st_size
             if size < _HEAD.size:
-                raise ValueError(f"{self.path} is not a proposal cache (too short: {size} bytes)")
+                raise CacheCorruptError(f"{self.path} is not a proposal cache (too short: {size} bytes)")
             self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         except Exception:
             self._file.close()
             raise
+        try:
+            self._read_layout(size)
+        except Exception:
+            self.close()
+            raise
+        self._blocks: OrderedDict = OrderedDict()
+        self._keys = None
+
+    def _corrupt(self, what: str) -> CacheCorruptError:
+        return CacheCorruptError(f"{self.path}: {what}. The file is damaged; recompute it: "
+                                 f"{recompute_hint(self.path, getattr(self, 'header', None))}")
+
+    def _read_layout(self, size: int) -> None:
         magic, hlen = _HEAD.unpack_from(self._mm, 0)
         if magic != MAGIC:
-            self.close()
-            raise ValueError(f"{self.path} is not a soco_d2 proposal cache (bad magic {magic!r})")
+            raise CacheCorruptError(f"{self.path} is not a soco_d2 proposal cache (bad magic {magic!r})")
+        if _HEAD.size + hlen > size:
+            raise self._corrupt(f"the header length ({hlen} bytes) runs past the end of the file ({size} bytes)")
         try:
-            self.header = json.loads(zlib.decompress(self._mm[_HEAD.size : _HEAD.size + hlen]).decode("utf-8"))
-        except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
-            self.close()
-            raise ValueError(f"{self.path}: corrupt header ({e})") from None
-        if self.header.get("format") != FORMAT or self.header.get("format_version") != FORMAT_VERSION:
-            self.close()
-            raise ValueError(f"{self.path}: unsupported cache format {self.header.get('format')!r} v{self.header.get('format_version')}")
+            z = zlib.decompressobj()
+            text = z.decompress(self._mm[_HEAD.size : _HEAD.size + hlen])
+            if not z.eof or z.unused_data:
+                raise zlib.error("the compressed header does not end where its length says")
+            self.header = json.loads(text.decode("utf-8"))
+            if not isinstance(self.header, dict):
+                raise ValueError("not a JSON object")
+        except (zlib.error, UnicodeDecodeError, ValueError) as e:
+            raise self._corrupt(f"corrupt header ({e})") from None
+        version = self.header.get("format_version")
+        if self.header.get("format") != FORMAT or version not in READABLE_VERSIONS:
+            raise CacheError(f"{self.path}: unsupported cache format {self.header.get('format')!r} v{version} "
+                             f"(this soco_d2 reads v{', v'.join(map(str, READABLE_VERSIONS))})")
+        self.format_version = version
         base = _align(_HEAD.size + hlen)
         sec = self.header["sections"]
         need = base + max(off + n for off, n in sec.values())
         if size < need:
-            self.close()
-            raise ValueError(f"{self.path} is truncated ({size} bytes, header says {need})")
+            raise CacheCorruptError(f"{self.path} is truncated ({size} bytes, header says {need}); "
+                                    f"recompute it: {recompute_hint(self.path, self.header)}")
 
         def view(name, dtype):
             off, nbytes = sec[name]
             return np.frombuffer(self._mm, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=base + off)
 
+        if version >= 2:
+            if size != need:
+                raise self._corrupt(f"{size - need} bytes after the end of the data")
+            if any(self._mm[_HEAD.size + hlen : base]):
+                raise self._corrupt("non-zero padding after the header")
+            index_end = base + sec["blob"][0]
+            crc = zlib.crc32(self._mm[base:index_end])
+            if crc != self.header["index_crc32"]:
+                raise self._corrupt(f"the index (bytes {base}..{index_end}) fails its CRC32 check "
+                                    f"(stored {self.header['index_crc32']:#010x}, computed {crc:#010x})")
+            self._block_crc = view("block_crc32", "<u4")
+        else:
+            self._block_crc = None
+            if self.path not in _warned_unchecked:
+                _warned_unchecked.add(self.path)
+                logger.warning("%s is a format-%d cache without checksums: corrupt bytes in it cannot be detected. "
+                               "Recompute it to get a checked file: %s", self.path, version,
+                               recompute_hint(self.path, self.header))
         self._block_offsets = view("block_offsets", "<u8")
         iw = f"<u{self.header['index_width']}"
         self._bucket_starts = view("bucket_starts", iw)
@@ -105,8 +208,6 @@ class ProposalCache:
         self._blob_base = base + sec["blob"][0]
         self._mask = len(self._bucket_starts) - 2  # nbuckets - 1 (power of two)
         self._layout = get_layout(self.header["block_layout"], self.header["kind"])
-        self._blocks: OrderedDict = OrderedDict()
-        self._keys = None
 
     # ------------------------------------------------------------ metadata
     @property
@@ -126,6 +227,11 @@ class ProposalCache:
         return self.header["versions"]
 
     @property
+    def image_ids_sha256(self) -> str | None:
+        """:func:`image_ids_digest` of every image the file covers (stored and skipped); None for format 1."""
+        return self.header.get("image_ids_sha256")
+
+    @property
     def skipped(self) -> dict:
         """Images that could not be processed: image_id -> reason."""
         return self.header["skipped"]
@@ -137,9 +243,21 @@ class ProposalCache:
         return f"ProposalCache({self.path!r}, kind={self.kind!r}, images={len(self)})"
 
     # -------------------------------------------------------------- access
+    @property
+    def num_blocks(self) -> int:
+        return len(self._block_offsets) - 1
+
     def _raw_block(self, b: int):
         lo, hi = int(self._block_offsets[b]), int(self._block_offsets[b + 1])
-        return self._layout.unpack(self._mm[self._blob_base + lo : self._blob_base + hi])
+        data = self._mm[self._blob_base + lo : self._blob_base + hi]
+        if self._block_crc is not None:
+            crc = zlib.crc32(data)
+            if crc != int(self._block_crc[b]):
+                G = self.header["block_size"]
+                raise self._corrupt(f"block {b} of {self.num_blocks} (images {b * G}..{min((b + 1) * G, len(self)) - 1} "
+                                    f"in key order, bytes {self._blob_base + lo}..{self._blob_base + hi}) fails its "
+                                    f"CRC32 check (stored {int(self._block_crc[b]):#010x}, computed {crc:#010x})")
+        return self._layout.unpack(data)
 
     def _block(self, b: int):
         blk = self._blocks.get(b)
@@ -189,6 +307,19 @@ class ProposalCache:
     def __contains__(self, key) -> bool:
         return self._find(key if isinstance(key, str) else str(key)) is not None
 
+    def may_contain(self, keys) -> np.ndarray:
+        """Per key, False when it is certainly not stored (no entry of its hash bucket has
+        its 16-bit fingerprint), else True (``in`` confirms by reading its block).  Reads
+        only the index: a quick check of a whole dataset against the cache."""
+        queries = [key_hashes(_key_bytes(k)) for k in keys]
+        if not queries:
+            return np.zeros(0, bool)
+        nbuckets = len(self._bucket_starts) - 1
+        entry_bucket = np.repeat(np.arange(nbuckets, dtype=np.int64), np.diff(self._bucket_starts.astype(np.int64)))
+        stored = (entry_bucket << 16) | self._fps.astype(np.int64)
+        asked = np.array([((h & self._mask) << 16) | fp for h, fp in queries], dtype=np.int64)
+        return np.isin(asked, stored)
+
     def image_size(self, key) -> tuple:
         """Original (H, W) of the image (label maps may be stored smaller)."""
         blk, i = self._lookup(key)
@@ -207,7 +338,7 @@ class ProposalCache:
         """All image ids, sorted (decodes every block once; cached)."""
         if self._keys is None:
             keys = []
-            for b in range(len(self._block_offsets) - 1):
+            for b in range(self.num_blocks):
                 keys += self._raw_block(b).keys()
             self._keys = keys
         return list(self._keys)
@@ -217,7 +348,7 @@ class ProposalCache:
 
     def iter_records(self):
         """(image_id, canonical record bytes) in file order (merging, export)."""
-        for b in range(len(self._block_offsets) - 1):
+        for b in range(self.num_blocks):
             blk = self._raw_block(b)
             for i, key in enumerate(blk.keys()):
                 yield key, blk.record(i)
@@ -306,8 +437,7 @@ class CacheWriter:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         self.block_layout = block_layout or default_layout
         self._layout = get_layout(self.block_layout, kind)
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
+        d = make_parent_dir(self.path)
         fd, self._spill_path = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".spill.tmp", dir=d)
         self._spill = os.fdopen(fd, "w+b")
         self._index: dict = {}  # key -> (offset, length)
@@ -368,19 +498,23 @@ class CacheWriter:
         starts = np.searchsorted(buckets[order], np.arange(nbuckets + 1)).astype(f"<u{index_width}")
         entries = order.astype(f"<u{index_width}")
         fps = np.array([hashes[i][1] for i in order], dtype="<u2")
+        block_crc = np.array([zlib.crc32(b) for b in blob], dtype="<u4")
         sections = OrderedDict()
-        parts, offset = [], 0
+        parts, offset, index_crc = [], 0, 0
         for name, data in (
             ("block_offsets", np.asarray(block_offsets, dtype="<u8").tobytes()),
             ("bucket_starts", starts.tobytes()),
             ("bucket_entries", entries.tobytes()),
             ("fingerprints", fps.tobytes()),
+            ("block_crc32", block_crc.tobytes()),
             ("blob", b"".join(blob)),
         ):
             sections[name] = [offset, len(data)]
             pad = _align(len(data)) - len(data) if name != "blob" else 0
             parts += [data, b"\0" * pad]
             offset += len(data) + pad
+            if name in _INDEX_SECTIONS:
+                index_crc = zlib.crc32(b"\0" * pad, zlib.crc32(data, index_crc))
         # statistics from the stored records (so a merge recomputes the same)
         min_side = int((self.header.get("generator") or {}).get("min_image_side", 0))
         stats = record_stats(self.kind, (self._read(k) for k in keys), min_side)
@@ -390,6 +524,8 @@ class CacheWriter:
             format_version=FORMAT_VERSION,
             kind=self.kind,
             num_images=n,
+            image_ids_sha256=image_ids_digest(list(keys) + list(self._skipped)),
+            index_crc32=index_crc,
             skipped=dict(sorted(self._skipped.items(), key=lambda kv: _key_bytes(kv[0]))),
             stats=stats,
             block_size=G,
@@ -490,4 +626,4 @@ def merge_caches(inputs, output: str, header_update: dict | None = None, drop: t
 
 
 _WRITER_FIELDS = {"format", "format_version", "kind", "num_images", "skipped", "stats", "block_size", "block_layout",
-                  "index_width", "sections"}
+                  "index_width", "sections", "image_ids_sha256", "index_crc32"}

@@ -20,6 +20,17 @@ from .presets import DEFAULT_PRESET, PAPER_FILTER, PRESETS, get_preset
 logger = logging.getLogger("soco_d2.proposals")
 
 
+def pixel_count(text: str) -> int:
+    """A whole number written as 250000000, 250_000_000 or 250e6."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 250e6)") from None
+    if value < 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 0")
+    return int(value)
+
+
 def add_precompute_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The precompute tool's own arguments (``--no-progress`` / ``--debug`` come from ``soco_d2.cli``)."""
     src = p.add_argument_group("input (one of)")
@@ -94,7 +105,8 @@ def add_precompute_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     i = p.add_argument_group("images")
     i.add_argument("--min-image-side", type=int, metavar="PX",
                    help="images with a side below PX are not segmented: whole-image box / one segment (default 8)")
-    i.add_argument("--max-pixels", type=int, metavar="N", help="skip images with more pixels, before decoding (default 250e6)")
+    i.add_argument("--max-pixels", type=pixel_count, metavar="N",
+                   help="skip images with more pixels, before decoding (default 250e6; 5e6 or 5000000)")
     i.add_argument("--allow-truncated", action="store_true",
                    help="decode truncated files (the missing part is grey) instead of skipping them")
 
@@ -111,6 +123,8 @@ def add_precompute_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     r.add_argument("--overwrite", action="store_true",
                    help="replace an existing output made with other settings or images, and discard an interrupted "
                         "run made with other settings (an output that is complete with the same settings is kept)")
+    r.add_argument("--verify", metavar="PATH",
+                   help="check every byte of the cache PATH (checksums, decoding, index) and exit (1 if damaged)")
     r.add_argument("--summary-json", metavar="PATH", help="also write the run summary as JSON")
 
     j = p.add_argument_group("official SoCo JSON")
@@ -190,6 +204,12 @@ def run_precompute(args) -> int:
     if args.list_presets:
         list_presets()
         return 0
+    if args.verify:
+        from .verify import format_verify_report, verify_cache
+
+        report = verify_cache(args.verify, progress=not args.no_progress)
+        print(format_verify_report(report))
+        return 0 if report["ok"] else 1
     if not args.output:
         raise InputError("--output PATH is required")
     if args.workers < 0:
@@ -228,7 +248,10 @@ def run_precompute(args) -> int:
         dicts, source = dataset_items(args)
         if os.path.exists(args.output) and not args.overwrite:
             raise InputError(f"{args.output} exists; pass --overwrite to replace it")
-        counts = import_official_json(args.import_json, dicts, args.output, source)
+        try:
+            counts = import_official_json(args.import_json, dicts, args.output, source)
+        except ValueError as e:  # the JSON does not fit the dataset: nothing was written
+            raise InputError(str(e)) from None
         logger.info("imported %s into %s: %s", args.import_json, args.output, counts)
         if args.export_json:
             export_official_json(args.output, args.export_json, args.json_keys)
@@ -296,7 +319,7 @@ def run_visualize(args) -> int:
     from PIL import Image
 
     from .cache import ProposalCache
-    from .imageio import read_rgb
+    from ..imageio import read_rgb
     from .visualize import draw_boxes, draw_mask
 
     if not os.path.isfile(args.cache):

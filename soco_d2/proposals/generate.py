@@ -16,7 +16,8 @@ from . import codec
 from .backends import METHOD_BACKENDS, consecutive_labels, build_backend, package_version
 from .boxes import map_boxes_to_original
 from .filters import FilterPolicy
-from .imageio import DEFAULT_MAX_PIXELS, ImageSkip, read_rgb, resize_labels, resize_max_side
+from ..imageio import DEFAULT_MAX_PIXELS, ImageSkip, read_rgb
+from .resize import resize_labels, resize_max_side
 
 METHOD_KIND = {"selective_search": "boxes", "felzenszwalb": "masks"}
 

@@ -86,17 +86,27 @@ def import_official_json(json_path: str, dataset_dicts: list, output: str, sourc
         "versions": {},
         "source": source or {},
     }
-    counts = {"images": 0, "boxes": 0, "clipped": 0, "unmatched_keys": 0, "missing_images": 0}
+    matches = {}
+    for key in data:
+        ids = [key] if key in by_id else by_base.get(key, [])
+        if len(ids) > 1:
+            raise ValueError(f"official key {key!r} matches several images {ids[:3]}")
+        if ids:
+            matches[key] = ids[0]
+    if not matches:  # refuse before writing anything: an empty cache would only fail later
+        name = (source or {}).get("dataset", "the dataset")
+        raise ValueError(
+            f"none of the {len(data)} keys of {json_path} (e.g. {list(data)[:3]}) matches an image of {name} "
+            f"({len(by_id)} images, e.g. {list(by_id)[:3]}): keys must be image basenames without extension "
+            "or image_ids. Nothing was written; check --dataset / --image-dir"
+        )
+    counts = {"images": 0, "boxes": 0, "clipped": 0, "unmatched_keys": len(data) - len(matches), "missing_images": 0}
     with CacheWriter(output, "boxes", header) as w:
         seen = set()
         for key, rects in data.items():
-            ids = [key] if key in by_id else by_base.get(key, [])
-            if len(ids) != 1:
-                counts["unmatched_keys"] += 1
-                if len(ids) > 1:
-                    raise ValueError(f"official key {key!r} matches several images {ids[:3]}")
+            if key not in matches:
                 continue
-            image_id = ids[0]
+            image_id = matches[key]
             H, W = image_size(by_id[image_id])
             rects = [r[:4] for r in rects]  # only the first four numbers are read officially
             boxes = official_rects_to_xyxy(rects) if rects else np.zeros((0, 4), np.int64)

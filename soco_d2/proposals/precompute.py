@@ -13,7 +13,6 @@ a restart with different ones is refused instead of mixing results.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -24,8 +23,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .cache import FORMAT_VERSION, CacheWriter, ProposalCache, merge_caches
+from .cache import FORMAT_VERSION, CacheWriter, ProposalCache, image_ids_digest, make_parent_dir, merge_caches
 from .generate import ProposalGenerator, ProposalSpec, process_image
+from .lifetime import die_with_parent, mark_parent, parent_alive_pipe
 
 logger = logging.getLogger("soco_d2.proposals")
 
@@ -85,8 +85,10 @@ def select_shard(items: list, num_shards: int, shard_id: int) -> list:
 _WORKER_GEN = None
 
 
-def _init_worker(spec: ProposalSpec):
+def _init_worker(spec: ProposalSpec, alive=None):
     global _WORKER_GEN
+    if alive is not None:
+        die_with_parent(alive)  # nothing outlives a killed run (soco_d2.proposals.lifetime)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     import cv2
 
@@ -124,10 +126,12 @@ class _Runner:
         # caller used them), and "spawn" would re-import torch in every worker.
         if "forkserver" in mp.get_all_start_methods():
             ctx = mp.get_context("forkserver")
-            ctx.set_forkserver_preload([__name__])
+            ctx.set_forkserver_preload([__name__, f"{__package__}.forkserver_preload"])
+            mark_parent()
         else:
             ctx = mp.get_context("spawn")
-        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(self.spec,))
+        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(self.spec, parent_alive_pipe()))
 
     def run(self, tasks):
         if self.workers == 0:
@@ -196,9 +200,8 @@ def cache_header(spec: ProposalSpec, source: dict, num_shards: int, shard_id: in
 
 
 def _fingerprint(header: dict, keys: list, chunk_size: int) -> dict:
-    digest = hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
     return {"format_version": FORMAT_VERSION, "header": header, "chunk_size": chunk_size, "num_images": len(keys),
-            "image_ids_sha256": digest}
+            "image_ids_sha256": image_ids_digest(keys)}
 
 
 def _complete(path: str, header: dict, keys: list) -> bool:
@@ -226,6 +229,7 @@ def precompute(items, spec: ProposalSpec, output: str, *, source: dict | None = 
     header = cache_header(spec, source or {}, num_shards, shard_id)
     keys = [k for k, _ in shard]
     parts_dir = path + ".parts"
+    make_parent_dir(path)
     if os.path.exists(path):
         if _complete(path, header, keys):
             if os.path.isdir(parts_dir):
@@ -234,7 +238,8 @@ def precompute(items, spec: ProposalSpec, output: str, *, source: dict | None = 
             return dict(summarize(path), already_complete=True)
         if not overwrite:
             raise FileExistsError(
-                f"{path} exists but was made with other settings or images; pass --overwrite to replace it"
+                f"{path} exists but is not this run's result (other settings or images, or a damaged file); "
+                "pass --overwrite to replace it"
             )
     fp = _fingerprint(header, keys, chunk_size)
     run_file = os.path.join(parts_dir, "run.json")
@@ -244,6 +249,12 @@ def precompute(items, spec: ProposalSpec, output: str, *, source: dict | None = 
         except (OSError, ValueError):
             previous = None
         if previous != fp:
+            if not overwrite and previous is not None and previous.get("format_version") != FORMAT_VERSION:
+                raise FileExistsError(
+                    f"{parts_dir} holds an interrupted run of another soco_d2 version (cache format "
+                    f"v{previous.get('format_version')}, this one writes v{FORMAT_VERSION}); pass --overwrite to "
+                    f"start again"
+                )
             if not overwrite:
                 raise FileExistsError(
                     f"{parts_dir} holds an interrupted run with other settings or images; rerun with the "

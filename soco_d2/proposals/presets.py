@@ -47,10 +47,6 @@ PRESETS = {
 DEFAULT_PRESET = {"selective_search": "single", "felzenszwalb": "paper"}
 
 
-def preset_names(method: str) -> list:
-    return list(PRESETS[method])
-
-
 def get_preset(method: str, name: str | None = None, **overrides) -> ProposalSpec:
     """The :class:`ProposalSpec` of a named preset, with keyword overrides
     (``params`` entries are merged into the preset's backend parameters)."""

@@ -14,6 +14,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
+from ...imageio import ImageSkip, read_rgb
 from ..augment import ColorPipeline, ViewResize, crop_resize_transform, image_to_tensor, interpolation, sample_crop_rect
 
 __all__ = ["ViewSpec", "parse_views", "per_view", "pixel_mean_rgb", "LazyCache", "MultiViewMapper", "ViewGeometry"]
@@ -70,9 +71,11 @@ class LazyCache:
     """A box or mask source: a mapping ``{image_id: value}`` (tests, in-memory)
     or the path of a ``soco_d2.proposals.ProposalCache`` file, opened on first
     use once per process (so a mapper pickled into dataloader workers opens its
-    own handle instead of sharing one across ``fork``)."""
+    own handle instead of sharing one across ``fork``).  ``kind`` ("boxes" or
+    "masks") is what the file must hold; :meth:`check` compares the file with
+    the dataset at start-up."""
 
-    def __init__(self, source, what: str, missing: str = "error", key: str = ""):
+    def __init__(self, source, what: str, missing: str = "error", key: str = "", kind: str | None = None):
         if missing not in MISSING_POLICIES:
             raise ValueError(f"PROPOSALS.MISSING must be one of {MISSING_POLICIES}, got {missing!r}")
         if source is None or (isinstance(source, str) and not source):
@@ -80,7 +83,7 @@ class LazyCache:
                 f"no {what} cache given: set {key or 'the PROPOSALS key'} to a cache written by "
                 "tools/precompute_proposals.py"
             )
-        self.source, self.what, self.missing = source, what, missing
+        self.source, self.what, self.missing, self.key, self.kind = source, what, missing, key, kind
         self._opened, self._pid = None, None
 
     def __getstate__(self):
@@ -94,9 +97,21 @@ class LazyCache:
             return self.source
         if self._opened is None or self._pid != os.getpid():
             from soco_d2.proposals import ProposalCache  # the proposal package sits upstream of the mappers
+            from soco_d2.proposals.verify import check_cache_kind
 
-            self._opened, self._pid = ProposalCache(self.source), os.getpid()
+            opened = ProposalCache(self.source)
+            check_cache_kind(opened, self.kind, self.key)
+            self._opened, self._pid = opened, os.getpid()
         return self._opened
+
+    def check(self, dataset_dicts, dataset_name: str = "") -> None:
+        """Fail now, with one message, unless the file holds ``kind`` and every image of
+        ``dataset_dicts`` (``soco_d2.proposals.verify.check_cache``).  In-memory sources pass."""
+        if isinstance(self.source, str):
+            from soco_d2.proposals.verify import check_cache
+
+            check_cache(self.source, self.kind, dataset_dicts, key=self.key,
+                        allow_missing=self.missing == "whole_image", dataset_name=dataset_name)
 
     def lookup(self, image_id: str, image_size: tuple[int, int] | None = None):
         """The cached value, or None when the image is missing and the policy is "whole_image".
@@ -117,6 +132,9 @@ class LazyCache:
                         "recompute the cache for this dataset"
                     )
             return value
+        skipped = getattr(cache, "skipped", {}).get(image_id)
+        if skipped is not None and self.missing != "whole_image":  # the precompute could not use it either
+            raise ImageSkip("skipped", f"the {self.what} cache lists it as skipped ({skipped})")
         if self.missing == "whole_image":
             return None
         name = self.source if isinstance(self.source, str) else f"in-memory {type(self.source).__name__}"
@@ -255,9 +273,9 @@ class MultiViewMapper:
         """(shallow copy of the dict, uint8 HWC RGB image).  Views are always RGB,
         whatever INPUT.FORMAT says (the SSL models normalise RGB; see ``pixel_mean_rgb``)."""
         dataset_dict = copy.copy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format="RGB")
+        image = read_rgb(dataset_dict["file_name"])  # the precompute's reader; raises ImageSkip for a bad file
         utils.check_image_size(dataset_dict, image)
-        return dataset_dict, np.ascontiguousarray(image)
+        return dataset_dict, image
 
 
 def pixel_mean_rgb(cfg) -> tuple[float, float, float]:

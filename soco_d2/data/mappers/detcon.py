@@ -108,7 +108,7 @@ class DetConMapper(MultiViewMapper):
         if mask_source not in MASK_SOURCES:
             raise ValueError(f"MODEL.DETCON.MASK_SOURCE must be one of {MASK_SOURCES}, got {mask_source!r}")
         self.mask_source = mask_source
-        self.masks = LazyCache(mask_cache, "mask", missing, "PROPOSALS.MASK_CACHE") if mask_source == "fh" else None
+        self.masks = LazyCache(mask_cache, "mask", missing, "PROPOSALS.MASK_CACHE", kind="masks") if mask_source == "fh" else None
         self.grid_size = int(grid_size)
 
     @classmethod

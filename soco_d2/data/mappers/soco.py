@@ -83,7 +83,7 @@ class SoCoMapper(MultiViewMapper):
         for j, spec in enumerate(self.views[1:], start=1):
             if spec.kind == "downsample" and spec.source == 0:
                 raise ValueError(f"view {j}: 'downsample:0' would pair view 0 with itself; use a source view >= 1")
-        self.boxes = LazyCache(box_source, "proposal box", missing, "PROPOSALS.BOX_CACHE")
+        self.boxes = LazyCache(box_source, "proposal box", missing, "PROPOSALS.BOX_CACHE", kind="boxes")
         self.k = int(num_per_view)
         if self.k < 1:
             raise ValueError("PROPOSALS.NUM_PER_VIEW must be >= 1")

@@ -1,23 +1,28 @@
-"""Robust image decoding for precomputation: every file either decodes to an
-RGB uint8 array in the orientation detectron2's ``read_image`` uses (EXIF
-applied), or raises :class:`ImageSkip` with a short, path-free reason, so one
-bad file never stops a run over millions."""
+"""The one image reader of soco_d2: proposal precompute, the proposal
+visualiser and the pretraining mappers all decode files with :func:`read_rgb`,
+so the boxes and label maps in a cache fit exactly the pixels training sees.
+
+Every file either decodes to an RGB uint8 array in the orientation
+detectron2's ``read_image`` uses (EXIF applied), or raises :class:`ImageSkip`
+with a short, path-free reason (the same on every machine and run).  Unlike
+detectron2's ``read_image``, which clips 16-bit images to white, high-bit-depth
+files are scaled to 0..255.  This module sits at the start of the data flow
+(images -> proposals -> data): it imports nothing from soco_d2.
+"""
 from __future__ import annotations
 
 import os
 import warnings
 
-import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-# EXIF orientations that swap width and height.
-_TRANSPOSED = (5, 6, 7, 8)
 DEFAULT_MAX_PIXELS = 250_000_000
 
 
 class ImageSkip(Exception):
-    """An image that cannot be used; ``category`` groups the summary counts."""
+    """An image that cannot be used; ``category`` (corrupt, truncated, missing,
+    huge) groups the summary counts, ``reason`` says why without the path."""
 
     def __init__(self, category: str, reason: str):
         super().__init__(f"{category}: {reason}")
@@ -33,6 +38,7 @@ def _clean(msg: str, path: str) -> str:
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """uint8 RGB; 16-bit and 32-bit grayscale are scaled (65535 or 255 -> 255), not clipped."""
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         a = np.asarray(im).astype(np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
@@ -79,26 +85,3 @@ def read_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, allow_truncated: b
         raise ImageSkip("huge", "out of memory while decoding") from None
     finally:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
-
-
-def resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
-    """Downscale so the longer side is ``max_side`` (aspect kept; never upscales; 0 = off)."""
-    h, w = image.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return image
-    s = max_side / max(h, w)
-    size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def resize_labels(labels: np.ndarray, max_side: int) -> np.ndarray:
-    """Nearest-neighbour downscale of a label map (longer side ``max_side``; 0 = off)."""
-    h, w = labels.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return labels
-    s = max_side / max(h, w)
-    nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
-    # pixel centres of the small map, sampled in the big one (exact, no dtype limits)
-    ys = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(np.int64), h - 1)
-    xs = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(np.int64), w - 1)
-    return labels[ys[:, None], xs[None, :]]
