@@ -2,8 +2,8 @@
 and pooling, the DetCon-B / DetCon-S / FPN meta-architectures on real mapper
 batches, DDP negatives from every process, checkpoint round trip, paper config."""
 import math
-import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,14 +17,9 @@ from soco_d2 import get_pretrain_cfg
 from soco_d2.config import project_config_path
 from soco_d2.data.mappers import build_ssl_mapper
 from soco_d2.modeling.losses import detcon_loss, detcon_loss_terms
-from soco_d2.modeling.mask_pooling import (
-    majority_vote_ids,
-    mask_levels,
-    mask_pool,
-    present_ids,
-    sample_mask_ids,
-)
-from soco_d2.modeling.meta_arch.detcon import DetCon, contrast_across_processes
+from soco_d2.data.masks import MaskGrids, majority_vote_ids, mask_levels, present_ids
+from soco_d2.modeling.mask_pooling import mask_pool, pool_masks
+from soco_d2.modeling.meta_arch.detcon import contrast_across_processes
 
 
 # --------------------------------------------------------------------------- loss references
@@ -195,11 +190,16 @@ def test_segment_without_a_majority_cell_vanishes():
 
 
 def test_mask_sampling_draws_only_present_ids_with_replacement():
-    present = torch.tensor([[True, False, True, False], [False, False, False, True]])
-    torch.manual_seed(0)
-    ids = sample_mask_ids(present, 400)
-    assert set(ids[0].tolist()) == {0, 2} and set(ids[1].tolist()) == {3}
-    assert 150 < int((ids[0] == 0).sum()) < 250  # uniform over the present ids
+    id_map = np.zeros((8, 8), dtype=np.int64)
+    id_map[:, 4:] = 2
+    id_map[0, 0] = 1  # one pixel: owns no 4x4 cell, never sampled
+    grids = MaskGrids(["res2"], num_masks=400)  # stride 4: a 2x2 grid
+    np.random.seed(0)
+    masks = grids.layout(id_map, 3)
+    assert set(masks.ids.tolist()) == {0, 2} and masks.num_present == 2
+    assert 150 < int((masks.ids == 0).sum()) < 250  # uniform over the present ids
+    assert masks.owners[0].dtype == torch.int16 and masks.owners[0].tolist() == [[0, 2], [0, 2]]
+    assert masks.levels.tolist() == [0] * 400
 
 
 def test_mask_pool_is_the_mean_over_owned_cells():
@@ -249,21 +249,25 @@ def test_mask_levels_follow_soco_thresholds_on_pixel_area():
 def test_fpn_pool_takes_each_mask_from_its_level():
     # two levels: 4x4 (stride 2) and 2x2 (stride 4) of an 8x8 id map; level features are
     # constant per level (10 and 20) so the pooled value tells which level was used
-    maps = torch.zeros(1, 8, 8, dtype=torch.long)
-    maps[0, :2, :2] = 1  # 4 px -> sqrt 2 <= 3 -> level 0
-    features = {"p2": torch.full((1, 3, 4, 4), 10.0), "p3": torch.full((1, 3, 2, 2), 20.0)}
-    fake = types.SimpleNamespace(in_features=["p2", "p3"], strides=[2, 4], level_thresholds=(3.0,))
-    owners, levels, present = DetCon.mask_layout(fake, maps, features)
-    assert levels.tolist() == [[1, 0]] and present.tolist() == [[True, True]]
-    assert owners[1].tolist() == [[[0, 0], [0, 0]]]  # id 1 owns no cell of the coarse grid
-    pooled = DetCon.pool(fake, features, owners, levels, torch.tensor([[0, 1, 1]]))
+    grids = MaskGrids(["p1", "p2"], thresholds=(3.0,))
+    maps = np.zeros((8, 8), dtype=np.int64)
+    maps[:2, :2] = 1  # 4 px -> sqrt 2 <= 3 -> level 0
+    owners, levels, present = grids.assign(maps, 2)
+    assert levels.tolist() == [1, 0] and present.tolist() == [True, True]
+    assert owners[1].tolist() == [[0, 0], [0, 0]]  # id 1 owns no cell of the coarse grid
+    features = [torch.full((1, 3, 4, 4), 10.0), torch.full((1, 3, 2, 2), 20.0)]
+    ids = torch.tensor([[0, 1, 1]])
+    pooled = pool_masks(features, [o[None] for o in owners], ids, levels[ids])
     assert pooled[0, :, 0].tolist() == [20.0, 10.0, 10.0]
     # a thin segment owning no cell of its level's grid falls back to the finest level where it owns one
-    maps = torch.zeros(1, 8, 8, dtype=torch.long)
-    maps[0, :, 0:2] = 1  # 16 px, sqrt 4 > 3 -> level 1 (2x2 grid, 4x4 cells: 8 of 16 px, tie -> id 0)
-    owners, levels, present = DetCon.mask_layout(fake, maps, features)
+    maps = np.zeros((8, 8), dtype=np.int64)
+    maps[:, 0:2] = 1  # 16 px, sqrt 4 > 3 -> level 1 (2x2 grid, 4x4 cells: 8 of 16 px, tie -> id 0)
+    owners, levels, present = grids.assign(maps, 2)
     assert not (owners[1] == 1).any() and (owners[0] == 1).any()
-    assert levels.tolist() == [[1, 0]] and present.tolist() == [[True, True]]
+    assert levels.tolist() == [1, 0] and present.tolist() == [True, True]
+    # a backbone that pads the view has more cells than the view: they belong to no mask
+    pooled = pool_masks([torch.ones(1, 3, 6, 6), torch.ones(1, 3, 3, 3)], [o[None] for o in owners], ids, levels[ids])
+    assert torch.allclose(pooled, torch.ones(1, 3, 3))
 
 
 # --------------------------------------------------------------------------- meta-architectures
@@ -285,12 +289,11 @@ def tiny_cfg(name, *opts):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def detcon_batches():
-    """Real DetConMapper outputs (grid masks) for the first demo photos."""
-    cfg = tiny_cfg("detcon_b_r50")
-    mapper = build_ssl_mapper(cfg)
+def detcon_batch(name):
+    """Real DetConMapper outputs (grid masks, laid out for the config's levels) for the first demo photos."""
+    mapper = build_ssl_mapper(tiny_cfg(name))
     torch.manual_seed(0)
+    np.random.seed(0)
     return [mapper(d) for d in DatasetCatalog.get("demo_images")[:3]]
 
 
@@ -300,7 +303,7 @@ def run_losses(model, batch):
 
 
 @pytest.mark.parametrize("name", ["detcon_b_r50", "detcon_s_r50", "detcon_b_r50_fpn"])
-def test_detcon_forward_backward_on_mapper_batch(name, detcon_batches):
+def test_detcon_forward_backward_on_mapper_batch(name):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(name))
     model.train()
@@ -308,7 +311,7 @@ def test_detcon_forward_backward_on_mapper_batch(name, detcon_batches):
     model.projector.register_forward_hook(lambda m, i, o: projections["online"].append(o.detach()))
     if model.target is not None:
         model.target.projector.register_forward_hook(lambda m, i, o: projections["target"].append(o.detach()))
-    losses = run_losses(model, detcon_batches)
+    losses = run_losses(model, detcon_batch(name))
     assert set(losses) == {"loss_detcon_12", "loss_detcon_21"}
     if model.target is not None:
         # at init target == online, so equal projections prove the target pooled the same sampled masks

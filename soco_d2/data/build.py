@@ -14,7 +14,9 @@ restored afterwards, so that
 * a run resumed at iteration k continues with position ``k * B``, exactly the
   samples the uninterrupted run would have seen.
 
-Batches are lists of mapper dicts (detectron2's ``trivial_batch_collator``).
+Batches are made by the mapper's ``collate`` (``soco_d2.data.collate``: stacked
+tensors, pinned when ``pin_memory``), or are lists of mapper dicts
+(detectron2's ``trivial_batch_collator``) for a mapper without one.
 """
 from __future__ import annotations
 
@@ -165,7 +167,8 @@ class PretrainLoader:
     """
 
     def __init__(self, dataset_dicts, mapper, total_batch_size: int, *, seed: int, num_workers: int = 0,
-                 start_iter: int = 0, rank: int | None = None, world_size: int | None = None):
+                 start_iter: int = 0, rank: int | None = None, world_size: int | None = None,
+                 pin_memory: bool = False):
         self.rank = comm.get_rank() if rank is None else rank
         self.world_size = comm.get_world_size() if world_size is None else world_size
         if total_batch_size % self.world_size:
@@ -174,6 +177,7 @@ class PretrainLoader:
         self.total_batch_size = total_batch_size
         self.batch_size = total_batch_size // self.world_size
         self.num_workers = num_workers
+        self.pin_memory = bool(pin_memory)
         self.start_iter = start_iter
         self._dicts = DatasetFromList(list(dataset_dicts), copy=True, serialize=True)
         self._mapper = mapper
@@ -199,7 +203,8 @@ class PretrainLoader:
             self.dataset(),
             batch_sampler=RankBatchSampler(self.stream, start_iter, self.rank, self.world_size),
             num_workers=self.num_workers,
-            collate_fn=trivial_batch_collator,
+            collate_fn=getattr(self._mapper, "collate", trivial_batch_collator),
+            pin_memory=self.pin_memory,
             # workers' base seed; samples are reseeded per position anyway.  Passing a
             # generator keeps the DataLoader from drawing on the global torch RNG.
             generator=torch.Generator().manual_seed(self.seed & 0x7FFFFFFFFFFFFFFF),
@@ -245,6 +250,7 @@ def build_pretrain_train_loader(cfg, mapper=None, start_iter: int = 0, dataset_d
         seed=resolve_seed(cfg.SEED),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         start_iter=start_iter,
+        pin_memory=str(cfg.MODEL.DEVICE).startswith("cuda"),  # the model copies batches with non_blocking
     )
     logger.info("pretraining data: %s, %d images, %d iterations per epoch at %d images per batch",
                 ", ".join(cfg.DATASETS.TRAIN), loader.stream.num_samples, loader.iters_per_epoch,
