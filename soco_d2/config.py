@@ -106,6 +106,13 @@ def _add_ssl_config(cfg: CN) -> None:
     # Decode JPEGs at 1/2, 1/4 or 1/8 size (PIL's draft) when every view still downsamples its
     # crop window at that size.  Faster on large images; changes pixels slightly (BENCHMARKS.md).
     cfg.INPUT.SSL.JPEG_DRAFT = False
+    # Where images are decoded: "mapper" (the workers decode once and cut the views) or
+    # "device": the workers read the file and draw the views' geometry, the model decodes
+    # JPEGs with torchvision.io.decode_jpeg on its device (nvJPEG on CUDA) and cuts, resizes
+    # and flips the views there (other formats are decoded in the workers).  Needs
+    # PHOTOMETRIC_ON "model".  Worth it when the workers cannot keep up even with colour on
+    # the device; the views are the same up to the decoders' rounding.
+    cfg.INPUT.SSL.DECODE_ON = "mapper"
 
     # Optimiser: "SGD" (detectron2's) or "LARS" (SGD momentum wrapped in layer-wise
     # trust ratios). With LARS_EXCLUDE_1D, biases and norm weights get neither weight

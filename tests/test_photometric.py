@@ -261,3 +261,90 @@ def test_cuda_gives_the_cpu_result(photos):
     cpu = apply_photometry(views, params, MEAN, STD)
     cuda = apply_photometry(views.cuda(), params.to("cuda"), torch.tensor(MEAN).cuda(), torch.tensor(STD).cuda())
     torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-3, rtol=0)
+
+
+# ------------------------------------------------------------------ decoding on the device
+
+
+@pytest.fixture(scope="module")
+def jpeg_dicts(tmp_path_factory):
+    """Three demo photos as JPEGs (one with an EXIF rotation) and one PNG."""
+    out = tmp_path_factory.mktemp("jpegs")
+    dicts = []
+    for i, d in enumerate(get_pretrain_dicts("demo_images")[:4]):
+        image = Image.open(d["file_name"]).convert("RGB")
+        path = out / f"{i}.{'png' if i == 3 else 'jpg'}"
+        if i == 1:  # stored sideways, displayed upright
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            image.transpose(Image.Transpose.ROTATE_90).save(path, quality=90, exif=exif)
+        else:
+            image.save(path, quality=90)
+        dicts.append({"file_name": str(path), "image_id": str(i), "height": image.height, "width": image.width})
+    return dicts
+
+
+def map_and_collate(mapper, dicts):
+    samples = []
+    for i, d in enumerate(dicts):
+        seed_all(i)
+        samples.append(mapper(d))
+    return mapper.collate(samples)
+
+
+@pytest.mark.parametrize("kind", ["image_level", "soco"])
+def test_decoding_on_the_device_gives_the_workers_views(kind, jpeg_dicts):
+    """DECODE_ON device: the worker sends the file's bytes and the views' geometry; the
+    model decodes (torchvision.io.decode_jpeg, here on the CPU) and cuts the same views."""
+    boxes = {d["image_id"]: np.array([[10, 10, 60, 50], [5, 30, 90, 90]], np.float32) for d in jpeg_dicts}
+    cfg = mapper_cfg(kind, "model")
+    in_workers = build_mapper(kind, "model", boxes)
+    cfg.INPUT.SSL.DECODE_ON = "device"
+    on_device = SoCoMapper(cfg, box_source=boxes) if kind == "soco" else ImageLevelMapper(cfg)
+    reference, batch = map_and_collate(in_workers, jpeg_dicts), map_and_collate(on_device, jpeg_dicts)
+    assert "views" not in batch and [e.is_jpeg for e in batch["encoded"]] == [True, True, True, False]
+    assert batch["encoded"][1].data.dim() == 1  # undecoded bytes travel
+    model = SSLMetaArch(pixel_mean=MEAN, pixel_std=STD)
+    prepared = model.prepare(batch)
+    for ours, theirs in zip(prepared["views"], reference["views"]):
+        assert ours.dtype == torch.uint8 and ours.shape == theirs.shape
+        assert (ours.int() - theirs.int()).abs().max() <= 2  # PIL's and torchvision's libjpeg
+    if kind == "soco":
+        for a, b in zip(batch["pairs"], reference["pairs"]):
+            assert all(torch.equal(x, y) for x, y in zip(a["boxes"] + a["ids"], b["boxes"] + b["ids"]))
+    cfg.INPUT.SSL.PHOTOMETRIC_ON = "mapper"
+    with pytest.raises(ValueError, match="PHOTOMETRIC_ON model"):
+        ImageLevelMapper(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
+def test_nvjpeg_decoding_on_cuda(jpeg_dicts):
+    cfg = mapper_cfg("image_level", "model")
+    reference = map_and_collate(ImageLevelMapper(cfg), jpeg_dicts)
+    cfg.INPUT.SSL.DECODE_ON = "device"
+    batch = map_and_collate(ImageLevelMapper(cfg), jpeg_dicts)
+    model = SSLMetaArch(pixel_mean=MEAN, pixel_std=STD).cuda()
+    for ours, theirs in zip(model.prepare(batch)["views"], reference["views"]):
+        assert ours.is_cuda and ours.shape == theirs.shape
+        assert (ours.cpu().float() - theirs.float()).abs().mean() < 1.0  # nvJPEG's IDCT rounds differently
+
+
+def test_jpeg_draft_decodes_smaller_when_every_view_allows_it(tmp_path):
+    from soco_d2.data.decode import EncodedImage, draft_reduction
+
+    photo = Image.open(get_pretrain_dicts("demo_images")[0]["file_name"]).convert("RGB").resize((1000, 800))
+    photo.save(tmp_path / "big.jpg", quality=90)
+    d = {"file_name": str(tmp_path / "big.jpg"), "image_id": "big", "height": 800, "width": 1000}
+    assert EncodedImage.read(d["file_name"]).decode(4).shape == (200, 250, 3)
+    assert (draft_reduction([800, 300], [96, 96]), draft_reduction([800, 150], [96, 96]), draft_reduction([90], [96])) \
+        == (2, 1, 1)
+    cfg = mapper_cfg("image_level", "model")
+    cfg.INPUT.SSL.VIEW_TYPES, cfg.INPUT.SSL.FLIP_PROB = ["whole", "crop"], 0.0
+    cfg.INPUT.SSL.CROP_SCALE = (0.9, 1.0)  # 800 px crops of a 1000 x 800 image: 1/8 still leaves 100 px >= 96
+    full = map_and_collate(ImageLevelMapper(cfg), [d])
+    cfg.INPUT.SSL.JPEG_DRAFT = True
+    mapper = ImageLevelMapper(cfg)
+    draft = map_and_collate(mapper, [d])
+    for a, b in zip(draft["views"], full["views"]):
+        diff = (a.float() - b.float()).abs()
+        assert 0 < diff.mean() < 6.0  # the DCT-domain downscale and a re-rounded window: close, not equal

@@ -36,6 +36,8 @@ __all__ = [
     "ViewResize",
     "resize_image",
     "resize_label_map",
+    "nearest_index",
+    "render_views",
     "hwc_to_chw",
     "RandomResizedCrop",
     "sample_crop_rect",
@@ -63,16 +65,17 @@ def hwc_to_chw(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(image).permute(2, 0, 1)
 
 
-def _nearest_index(old: int, new: int, device=None) -> torch.Tensor:
-    # PIL's NEAREST: the source pixel holding the centre of each output pixel
-    return ((torch.arange(new, device=device, dtype=torch.float64) + 0.5) * (old / new)).long().clamp_(max=old - 1)
+def nearest_index(old: int, new: int) -> np.ndarray:
+    """PIL's NEAREST resampling of a side of ``old`` pixels to ``new``: for each output
+    pixel, the source pixel holding its centre."""
+    return np.minimum(((np.arange(new, dtype=np.float64) + 0.5) * (old / new)).astype(np.int64), old - 1)
 
 
 def resize_image(image: torch.Tensor, height: int, width: int, interp: int = Image.BILINEAR) -> torch.Tensor:
     """(C, h, w) uint8 (any strides) -> (C, height, width) uint8."""
     if interp == Image.NEAREST:
-        rows = _nearest_index(image.shape[-2], height, image.device)
-        cols = _nearest_index(image.shape[-1], width, image.device)
+        rows = torch.from_numpy(nearest_index(image.shape[-2], height)).to(image.device)
+        cols = torch.from_numpy(nearest_index(image.shape[-1], width)).to(image.device)
         return image.index_select(-2, rows).index_select(-1, cols)
     if interp not in _TORCHVISION_MODES:
         raise ValueError(f"unsupported interpolation {interp!r}")
@@ -80,11 +83,34 @@ def resize_image(image: torch.Tensor, height: int, width: int, interp: int = Ima
     return out.contiguous()
 
 
+def render_views(image: torch.Tensor, rects, flips, sizes, sources, interp: int = Image.BILINEAR,
+                 height: int | None = None, width: int | None = None) -> list[torch.Tensor]:
+    """uint8 (3, S, S) views of a (3, H', W') uint8 image: crop ``rects[v]`` (x0, y0, w, h),
+    resize to ``sizes[v]``, flip when ``flips[v]``; a view with ``sources[v] = j`` is view
+    j's image before its flip, resized (SoCo*'s V4).
+
+    The windows are in the pixels of a ``height x width`` image; ``image`` may be a
+    reduced decode of it (JPEG draft): windows are then scaled and rounded to its
+    pixels (under one view pixel off the carried boxes)."""
+    scale_y = image.shape[-2] / float(height or image.shape[-2])
+    scale_x = image.shape[-1] / float(width or image.shape[-1])
+    unflipped = []
+    for rect, size, source in zip(rects, sizes, sources):
+        if source is not None:
+            unflipped.append(resize_image(unflipped[source], size, size, interp))
+            continue
+        x0, y0, w, h = (int(v) for v in rect)
+        if scale_x != 1.0 or scale_y != 1.0:
+            x1, y1 = round((x0 + w) * scale_x), round((y0 + h) * scale_y)
+            x0, y0 = min(round(x0 * scale_x), x1 - 1), min(round(y0 * scale_y), y1 - 1)
+            w, h = x1 - x0, y1 - y0
+        unflipped.append(resize_image(image[:, y0 : y0 + h, x0 : x0 + w], size, size, interp))
+    return [view.flip(-1) if flip else view for view, flip in zip(unflipped, flips)]
+
+
 def resize_label_map(label: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest resize of a 2-D integer map (any dtype), PIL's pixel-centre rule."""
-    rows = _nearest_index(label.shape[0], height).numpy()
-    cols = _nearest_index(label.shape[1], width).numpy()
-    return label[rows[:, None], cols[None, :]]
+    return label[nearest_index(label.shape[0], height)[:, None], nearest_index(label.shape[1], width)[None, :]]
 
 
 class ViewResize(T.ResizeTransform):

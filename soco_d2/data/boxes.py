@@ -222,8 +222,8 @@ def build_pair_boxes(
 
 def size_levels(sizes: torch.Tensor, thresholds) -> torch.Tensor:
     """Level index of each size (sqrt of an area in the view's pixels): the first i
-    with size <= thresholds[i], else len(thresholds).  Shared by SoCo's boxes and
-    DetCon-FPN's masks."""
+    with size <= thresholds[i], else len(thresholds) (DetCon-FPN's masks use the
+    same rule: ``soco_d2.data.masks.mask_levels``)."""
     edges = torch.as_tensor(list(thresholds), dtype=sizes.dtype, device=sizes.device)
     return torch.bucketize(sizes, edges, right=False)
 

@@ -10,7 +10,9 @@ A batch is a dict:
 
 * ``image_ids``: list of str;
 * ``views``: per view, (N, 3, S, S) uint8 (``INPUT.SSL.PHOTOMETRIC_ON "model"``) or
-  float32 RGB in 0..255 with the colour ops already applied ("mapper");
+  float32 RGB in 0..255 with the colour ops already applied ("mapper"); with
+  ``INPUT.SSL.DECODE_ON "device"`` instead ``encoded``, one
+  ``soco_d2.data.decode.EncodedViews`` per image (the model makes ``views``);
 * ``photometric``: per view a ``PhotometricBatch`` (uint8 views), else None;
 * SoCo (``collate_soco``): ``pairs``, per view pair (a, b): ``views``, ``boxes`` /
   ``ids`` (per side (N, K, 4) float32 / (N, K) int64) and ``rows`` (per side, the
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .boxes import LevelRule
+from .decode import EncodedViews
 from .photometric import PhotometricBatch
 
 __all__ = ["collate_views", "collate_soco", "collate_detcon", "RoIPlan", "batch_to_device"]
@@ -38,12 +41,18 @@ def collate_views(samples: list[dict]) -> dict:
     """The part every method shares: image ids, stacked views, photometric parameters."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
-    num_views = len(samples[0]["views"])
-    views = [torch.stack([s["views"][v] for s in samples]) for v in range(num_views)]
-    photometric = None
+    batch = {"image_ids": [str(s.get("image_id", "")) for s in samples]}
+    if "encoded" in samples[0]:  # DECODE_ON device: the model decodes and renders the views
+        num_views = len(samples[0]["encoded"].sizes)
+        batch["encoded"] = [s["encoded"] for s in samples]
+    else:
+        num_views = len(samples[0]["views"])
+        batch["views"] = [torch.stack([s["views"][v] for s in samples]) for v in range(num_views)]
+    batch["photometric"] = None
     if samples[0].get("photometric") is not None:
-        photometric = [PhotometricBatch.from_views([s["photometric"][v] for s in samples]) for v in range(num_views)]
-    return {"image_ids": [str(s.get("image_id", "")) for s in samples], "views": views, "photometric": photometric}
+        batch["photometric"] = [PhotometricBatch.from_views([s["photometric"][v] for s in samples])
+                                for v in range(num_views)]
+    return batch
 
 
 @dataclass
@@ -92,7 +101,7 @@ class RoIPlan:
 def collate_soco(samples: list[dict], level_rule: LevelRule) -> dict:
     """``collate_views`` plus SoCo's pairs and one ``RoIPlan`` per view (levels by ``level_rule``)."""
     batch = collate_views(samples)
-    num_views = len(batch["views"])
+    num_views = len(batch["photometric"] or batch["views"])
     pairs, box_sets = [], [[] for _ in range(num_views)]
     for p, pair in enumerate(samples[0]["pairs"]):
         views = tuple(int(v) for v in pair["views"])
@@ -117,7 +126,7 @@ def collate_detcon(samples: list[dict]) -> dict:
     (``soco_d2.data.masks.ViewMasks``), and the statistics DetCon logs."""
     batch = collate_views(samples)
     masks, present = [], []
-    for v in range(len(batch["views"])):
+    for v in range(len(samples[0]["mask_layout"])):
         layouts = [s["mask_layout"][v] for s in samples]
         masks.append({
             "owners": [torch.stack([m.owners[level] for m in layouts]) for level in range(len(layouts[0].owners))],
@@ -138,7 +147,7 @@ def batch_to_device(batch, device, non_blocking: bool = True):
     """Every tensor of a batch (dicts, lists, tuples, objects with ``to``) on ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, (PhotometricBatch, RoIPlan)):
+    if isinstance(batch, (PhotometricBatch, RoIPlan, EncodedViews)):
         return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, dict):
         return {k: batch_to_device(v, device, non_blocking) for k, v in batch.items()}

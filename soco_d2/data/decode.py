@@ -10,13 +10,16 @@ undecoded bytes to the training device (``INPUT.SSL.DECODE_ON "device"``).
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
 from PIL import Image, ImageOps
 
-__all__ = ["EncodedImage", "draft_reduction", "MAX_DRAFT_REDUCTION"]
+from .augment import render_views
+
+__all__ = ["EncodedImage", "EncodedViews", "render_encoded", "draft_reduction", "MAX_DRAFT_REDUCTION"]
 
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 degrees: width and height swap
@@ -53,7 +56,7 @@ class EncodedImage:
             width, height = image.size
             image.draft(image.mode, (-(-width // reduction), -(-height // reduction)))
         image = ImageOps.exif_transpose(image) if self.orientation != 1 else image
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
     def tensor(self) -> torch.Tensor:
         """The undecoded bytes as a uint8 tensor (what ``torchvision.io.decode_jpeg`` reads)."""
@@ -69,3 +72,59 @@ def draft_reduction(crop_sides, view_sides, max_reduction: int = MAX_DRAFT_REDUC
     while reduction * 2 <= max_reduction and ratio >= reduction * 2:
         reduction *= 2
     return reduction
+
+
+@dataclass
+class EncodedViews:
+    """One sample's views for ``INPUT.SSL.DECODE_ON "device"``: the JPEG's bytes (a
+    uint8 (L,) tensor; other formats are decoded in the worker: (H, W, 3)) and every
+    view's geometry, drawn in the worker like any other sample's."""
+
+    data: torch.Tensor
+    is_jpeg: bool
+    height: int
+    width: int
+    rects: list
+    flips: list
+    sizes: list
+    sources: list
+    interp: int
+
+    @classmethod
+    def of(cls, image: EncodedImage, rects, flips, sizes, sources, interp) -> "EncodedViews":
+        is_jpeg = image.format == "JPEG"
+        data = image.tensor() if is_jpeg else torch.from_numpy(np.array(image.decode()))
+        return cls(data, is_jpeg, image.height, image.width, [tuple(int(v) for v in r) for r in rects],
+                   [bool(f) for f in flips], [int(x) for x in sizes], list(sources), interp)
+
+    def _with(self, data: torch.Tensor) -> "EncodedViews":
+        return EncodedViews(data, self.is_jpeg, self.height, self.width, self.rects, self.flips, self.sizes,
+                            self.sources, self.interp)
+
+    def to(self, device, non_blocking: bool = False) -> "EncodedViews":
+        # decode_jpeg reads the bytes from host memory whatever device decodes them
+        return self if self.is_jpeg else self._with(self.data.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "EncodedViews":
+        return self._with(self.data.pin_memory())
+
+
+def render_encoded(samples: list[EncodedViews], device) -> list[torch.Tensor]:
+    """Per view, the (N, 3, S, S) uint8 views of a batch: JPEGs decoded together by
+    ``torchvision.io.decode_jpeg`` on ``device`` (nvJPEG on CUDA; EXIF orientation
+    applied), then cut, resized and flipped by the same code as in the workers."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    jpegs = [i for i, s in enumerate(samples) if s.is_jpeg]
+    images: list = [None] * len(samples)
+    if jpegs:
+        decoded = decode_jpeg([samples[i].data for i in jpegs], mode=ImageReadMode.RGB, device=device,
+                              apply_exif_orientation=True)
+        for i, image in zip(jpegs, decoded):
+            images[i] = image
+    for i, sample in enumerate(samples):
+        if images[i] is None:
+            images[i] = sample.data.to(device).permute(2, 0, 1)
+    views = [render_views(image, s.rects, s.flips, s.sizes, s.sources, s.interp, s.height, s.width)
+             for image, s in zip(images, samples)]
+    return [torch.stack([v[index] for v in views]) for index in range(len(samples[0].sizes))]

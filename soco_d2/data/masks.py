@@ -16,57 +16,51 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .boxes import feature_stride, size_levels
+from .boxes import feature_stride
 
-__all__ = ["majority_vote_ids", "present_ids", "mask_levels", "MaskGrids", "ViewMasks", "NO_OWNER"]
+__all__ = ["majority_vote", "present_ids", "mask_levels", "MaskGrids", "ViewMasks", "NO_OWNER"]
 
 NO_OWNER = -1  # a cell no mask owns (no pixel of the view, or padding)
 
 
-def majority_vote_ids(id_maps: torch.Tensor, grid: tuple[int, int], stride: int) -> torch.Tensor:
-    """(B, H, W) int segment ids (>= 0) -> (B, h, w) long majority id of each cell.
+def majority_vote(id_map: np.ndarray, grid: tuple[int, int], stride: int, num_ids: int | None = None) -> np.ndarray:
+    """(H, W) int segment ids (>= 0) -> (h, w) int64 majority id of each cell.
 
     Pixels past the last full cell (when H > h * stride) join the last row/column;
     a cell with no pixel at all (a grid larger than the map) gets -1, which no
     mask owns.  For H = h * stride this is the official one-hot, average-pool
-    (window = stride = s, VALID), argmax.
+    (window = stride = s, VALID), argmax (ties: the lowest id).
     """
-    if id_maps.dim() != 3:
-        raise ValueError(f"id maps must be (B, H, W), got {tuple(id_maps.shape)}")
-    ids = id_maps.long()
-    if ids.numel() and int(ids.min()) < 0:
+    id_map = np.asarray(id_map)
+    if id_map.ndim != 2:
+        raise ValueError(f"an id map must be (H, W), got {id_map.shape}")
+    if id_map.size and int(id_map.min()) < 0:
         raise ValueError("segment ids must be >= 0")
-    batch, height, width = ids.shape
+    height, width = id_map.shape
     h, w = int(grid[0]), int(grid[1])
-    device = ids.device
-    rows = (torch.arange(height, device=device) // stride).clamp(max=h - 1)
-    cols = (torch.arange(width, device=device) // stride).clamp(max=w - 1)
-    cell = rows[:, None] * w + cols[None, :]  # (H, W)
-    num_ids = int(ids.max()) + 1 if ids.numel() else 1
-    image = torch.arange(batch, device=device)[:, None, None]
-    key = (image * (h * w) + cell[None]) * num_ids + ids
-    counts = torch.bincount(key.flatten(), minlength=batch * h * w * num_ids).view(batch, h * w, num_ids)
-    owner = counts.argmax(dim=2)  # first maximum = lowest id on ties
-    owner = torch.where(counts.sum(dim=2) > 0, owner, torch.full_like(owner, NO_OWNER))
-    return owner.view(batch, h, w)
+    num_ids = int(id_map.max()) + 1 if num_ids is None else int(num_ids)
+    rows = np.minimum(np.arange(height) // stride, h - 1)
+    cols = np.minimum(np.arange(width) // stride, w - 1)
+    key = (rows[:, None] * w + cols[None, :]) * num_ids + id_map
+    counts = np.bincount(key.ravel(), minlength=h * w * num_ids).reshape(h * w, num_ids)
+    owner = counts.argmax(axis=1)  # first maximum = lowest id on ties
+    owner[counts.sum(axis=1) == 0] = NO_OWNER
+    return owner.reshape(h, w)
 
 
-def present_ids(cell_ids: torch.Tensor, num_ids: int) -> torch.Tensor:
-    """(B, h, w) cell owners -> (B, num_ids) bool: the id owns at least one cell ("exists")."""
-    flat = cell_ids.flatten(1).long()
-    present = torch.zeros(flat.shape[0], num_ids + 1, dtype=torch.bool, device=flat.device)
-    present.scatter_(1, flat + 1, True)  # column 0 collects the empty cells (-1)
-    return present[:, 1:]
+def present_ids(owners: np.ndarray, num_ids: int) -> np.ndarray:
+    """(h, w) cell owners -> (num_ids,) bool: the id owns at least one cell ("exists")."""
+    present = np.zeros(num_ids, dtype=bool)
+    present[owners[owners >= 0]] = True
+    return present
 
 
-def mask_levels(id_maps: torch.Tensor, num_ids: int, thresholds) -> torch.Tensor:
-    """(B, H, W) id maps -> (B, num_ids) level index of every id from its area in the
-    view's pixels: the first i with sqrt(area) <= thresholds[i], else len(thresholds)
-    (SoCo's scale-aware rule, the same function its boxes use)."""
-    batch = id_maps.shape[0]
-    key = torch.arange(batch, device=id_maps.device)[:, None, None] * num_ids + id_maps.long()
-    area = torch.bincount(key.flatten(), minlength=batch * num_ids).view(batch, num_ids)
-    return size_levels(area.double().sqrt(), thresholds)
+def mask_levels(id_map: np.ndarray, num_ids: int, thresholds) -> np.ndarray:
+    """(H, W) id map -> (num_ids,) level index of every id from its area in the view's
+    pixels: the first i with sqrt(area) <= thresholds[i], else len(thresholds)
+    (SoCo's scale-aware rule, the one its boxes use: ``soco_d2.data.boxes.size_levels``)."""
+    area = np.bincount(np.asarray(id_map).ravel(), minlength=num_ids)[:num_ids]
+    return np.searchsorted(np.asarray(thresholds, dtype=np.float64), np.sqrt(area), side="left").astype(np.int64)
 
 
 @dataclass
@@ -104,20 +98,19 @@ class MaskGrids:
         stride = self.strides[level]
         return -(-height // stride), -(-width // stride)
 
-    def assign(self, id_map: np.ndarray, num_ids: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """id map (H, W), ids in 0..num_ids-1 -> (owners: one (h, w) long map per level,
+    def assign(self, id_map: np.ndarray, num_ids: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """id map (H, W), ids in 0..num_ids-1 -> (owners: one (h, w) int64 map per level,
         levels: (num_ids,) the level each id is pooled from, present: (num_ids,) bool,
         the id owns a cell of that level's grid)."""
-        ids = torch.from_numpy(np.ascontiguousarray(id_map, dtype=np.int64))[None]
         height, width = id_map.shape
-        owners = [majority_vote_ids(ids, self.grid(height, width, lvl), s)[0] for lvl, s in enumerate(self.strides)]
-        present = torch.stack([present_ids(o[None], num_ids)[0] for o in owners])  # (L, n)
+        owners = [majority_vote(id_map, self.grid(height, width, lvl), s, num_ids) for lvl, s in enumerate(self.strides)]
+        present = np.stack([present_ids(o, num_ids) for o in owners])  # (L, n)
         if len(owners) == 1:
-            return owners, torch.zeros(num_ids, dtype=torch.int64), present[0]
-        levels = mask_levels(ids, num_ids, self.thresholds)[0]
-        at_level = present.gather(0, levels[None])[0]
-        levels = torch.where(at_level, levels, present.long().argmax(dim=0))
-        return owners, levels, present.any(dim=0)
+            return owners, np.zeros(num_ids, dtype=np.int64), present[0]
+        levels = mask_levels(id_map, num_ids, self.thresholds)
+        at_level = present[levels, np.arange(num_ids)]
+        levels = np.where(at_level, levels, present.argmax(axis=0))
+        return owners, levels, present.any(axis=0)
 
     def layout(self, id_map: np.ndarray, num_ids: int) -> ViewMasks:
         """One view's ``ViewMasks``: ``num_masks`` ids drawn (``np.random``) uniformly with
@@ -126,8 +119,9 @@ class MaskGrids:
         if num_ids > np.iinfo(np.int16).max:
             raise ValueError(f"{num_ids} segments in one view do not fit the int16 owner maps")
         owners, levels, present = self.assign(id_map, num_ids)
-        candidates = np.flatnonzero(present.numpy())
+        candidates = np.flatnonzero(present)
         if len(candidates) == 0:
             raise ValueError("no mask owns a cell of the feature grid")
-        sampled = torch.from_numpy(np.random.choice(candidates, size=self.num_masks, replace=True).astype(np.int64))
-        return ViewMasks([o.to(torch.int16) for o in owners], sampled, levels[sampled], int(len(candidates)))
+        sampled = np.random.choice(candidates, size=self.num_masks, replace=True).astype(np.int64)
+        return ViewMasks([torch.from_numpy(o.astype(np.int16)) for o in owners], torch.from_numpy(sampled),
+                         torch.from_numpy(levels[sampled].astype(np.int64)), int(len(candidates)))

@@ -13,9 +13,18 @@ import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..augment import ColorPipeline, ViewResize, crop_resize_transform, hwc_to_chw, interpolation, resize_image, sample_crop_rect
+from ..augment import (
+    ColorPipeline,
+    ViewResize,
+    crop_resize_transform,
+    hwc_to_chw,
+    interpolation,
+    nearest_index,
+    render_views,
+    sample_crop_rect,
+)
 from ..collate import collate_views
-from ..decode import EncodedImage, draft_reduction
+from ..decode import EncodedImage, EncodedViews, draft_reduction
 from ..photometric import PhotometricBatch, ViewPhotometry, apply_photometry
 
 __all__ = [
@@ -33,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 MISSING_POLICIES = ("error", "whole_image")
 PHOTOMETRIC_PLACES = ("auto", "model", "mapper")
+DECODE_PLACES = ("mapper", "device")
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,7 @@ class MultiViewMapper:
         photometric_on: str = "mapper",
         pixel_mean=(123.675, 116.28, 103.53),
         jpeg_draft: bool = False,
+        decode_on: str = "mapper",
     ):
         """
         Args:
@@ -184,6 +195,9 @@ class MultiViewMapper:
             pixel_mean: RGB, the cutout fill of views coloured here.
             jpeg_draft: decode JPEGs at 1/2, 1/4 or 1/8 size when every view still
                 downsamples its crop (``soco_d2.data.decode``).
+            decode_on: "mapper" (decode and render here) or "device" (send the file's
+                bytes and the views' geometry; the model decodes JPEGs with
+                ``torchvision.io.decode_jpeg`` on its device and renders the views).
         """
         if len(color) != len(views):
             raise ValueError(f"{len(views)} views but {len(color)} colour pipelines")
@@ -200,6 +214,12 @@ class MultiViewMapper:
         self.photometric_on = photometric_on
         self.pixel_mean = tuple(float(m) for m in pixel_mean)
         self.jpeg_draft = bool(jpeg_draft)
+        if decode_on not in DECODE_PLACES:
+            raise ValueError(f"INPUT.SSL.DECODE_ON must be one of {DECODE_PLACES}, got {decode_on!r}")
+        if decode_on == "device" and photometric_on != "model":
+            raise ValueError("INPUT.SSL.DECODE_ON 'device' needs the colour ops on the device too: "
+                             "set INPUT.SSL.PHOTOMETRIC_ON model")
+        self.decode_on = decode_on
 
     @classmethod
     def base_kwargs(cls, cfg) -> dict:
@@ -231,6 +251,7 @@ class MultiViewMapper:
             "photometric_on": photometric_placement(cfg),
             "pixel_mean": pixel_mean_rgb(cfg),
             "jpeg_draft": s.JPEG_DRAFT,
+            "decode_on": str(s.DECODE_ON).strip().lower(),
         }
 
     # ------------------------------------------------------------ geometry
@@ -269,27 +290,43 @@ class MultiViewMapper:
     def render(self, image: np.ndarray, geoms: list[ViewGeometry], height: int | None = None,
                width: int | None = None) -> list[torch.Tensor]:
         """uint8 (3, S, S) view images: crop + resize (a downsampled view resizes its
-        source view's image before that one's flip, SoCo*'s V4), then flip.
+        source view's image before that one's flip, SoCo*'s V4), then flip
+        (``soco_d2.data.augment.render_views``; ``image`` may be a reduced decode of the
+        ``height x width`` image the windows were drawn on)."""
+        return render_views(hwc_to_chw(image), *self._view_geometry(geoms), self.interp, height, width)
 
-        ``image`` (H', W', 3) may be a reduced decode of the ``height x width`` image
-        the windows were drawn on; windows are then scaled to it and rounded to its
-        pixels (under one view pixel off the carried boxes: see ``jpeg_draft``)."""
-        chw = hwc_to_chw(image)
-        scale_y = image.shape[0] / float(height or image.shape[0])
-        scale_x = image.shape[1] / float(width or image.shape[1])
-        unflipped = []
+    @staticmethod
+    def _view_geometry(geoms: list[ViewGeometry]):
+        return ([g.rect for g in geoms], [g.flip for g in geoms], [g.spec.size for g in geoms],
+                [g.spec.source if g.spec.kind == "downsample" else None for g in geoms])
+
+    def make_views(self, image: EncodedImage, geoms: list[ViewGeometry]):
+        """The views (``render`` of the one decode), or with ``decode_on`` "device" an
+        ``EncodedViews`` the model decodes and renders."""
+        if self.decode_on == "device":
+            return EncodedViews.of(image, *self._view_geometry(geoms), self.interp)
+        return self.render(self.decode(image, geoms), geoms, image.height, image.width)
+
+    def render_label_maps(self, label: np.ndarray, geoms: list[ViewGeometry], height: int, width: int) -> list[np.ndarray]:
+        """Each view's label map: ``label`` (stretched over the ``height x width`` image by
+        nearest resampling, at whatever resolution it is stored) cropped, nearest-resized
+        and flipped with the view.  The same pixels as ``geom.transforms.apply_segmentation``
+        of the map resized to the image, from composed pixel indices, without making
+        that full-resolution map."""
+        to_label_rows, to_label_cols = nearest_index(label.shape[0], height), nearest_index(label.shape[1], width)
+        unflipped, maps = [], []
         for geom in geoms:
             size = geom.spec.size
             if geom.spec.kind == "downsample":
-                unflipped.append(resize_image(unflipped[geom.spec.source], size, size, self.interp))
-                continue
-            x0, y0, w, h = geom.rect
-            if scale_x != 1.0 or scale_y != 1.0:
-                x1, y1 = round((x0 + w) * scale_x), round((y0 + h) * scale_y)
-                x0, y0 = min(round(x0 * scale_x), x1 - 1), min(round(y0 * scale_y), y1 - 1)
-                w, h = x1 - x0, y1 - y0
-            unflipped.append(resize_image(chw[:, y0 : y0 + h, x0 : x0 + w], size, size, self.interp))
-        return [img.flip(-1) if g.flip else img for img, g in zip(unflipped, geoms)]
+                src_rows, src_cols = unflipped[geom.spec.source]
+                rows, cols = src_rows[nearest_index(len(src_rows), size)], src_cols[nearest_index(len(src_cols), size)]
+            else:
+                x0, y0, w, h = geom.rect
+                rows, cols = y0 + nearest_index(h, size), x0 + nearest_index(w, size)
+            unflipped.append((rows, cols))
+            cols = cols[::-1] if geom.flip else cols
+            maps.append(label[to_label_rows[rows][:, None], to_label_cols[cols][None, :]])
+        return maps
 
     # ------------------------------------------------------------ colour
     def sample_photometry(self) -> list[ViewPhotometry]:
@@ -299,6 +336,8 @@ class MultiViewMapper:
     def finish_views(self, views: list[torch.Tensor], photometry: list[ViewPhotometry]) -> dict:
         """The views as they leave the mapper: uint8 + parameters ("model"), or float32
         0..255 with the colour ops (and cutout, filled with the mean) applied ("mapper")."""
+        if isinstance(views, EncodedViews):
+            return {"encoded": views, "photometric": photometry}
         if self.photometric_on == "model":
             return {"views": views, "photometric": photometry}
         coloured = [

@@ -6,7 +6,6 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures.masks import polygons_to_bitmask
 
-from ..augment import resize_label_map
 from ..collate import collate_detcon
 from ..masks import MaskGrids
 from .base import LazyCache, MultiViewMapper
@@ -63,14 +62,17 @@ def instances_label_map(annotations, height: int, width: int) -> np.ndarray:
 
 def compact_ids(maps: list[np.ndarray]) -> list[np.ndarray]:
     """Renumber the ids present in any of the maps to 0..n-1 (same old id -> same new id
-    in every map, order kept)."""
-    flat = np.concatenate([m.ravel() for m in maps])
-    _, inverse = np.unique(flat, return_inverse=True)
-    out, start = [], 0
-    for m in maps:
-        out.append(inverse[start : start + m.size].reshape(m.shape).astype(np.int32))
-        start += m.size
-    return out
+    in every map, order kept); int32."""
+    low = min(int(m.min()) for m in maps)
+    high = max(int(m.max()) for m in maps)
+    if low < 0 or high >= 1 << 24:  # sparse or negative ids: sort them
+        flat = np.concatenate([m.ravel() for m in maps])
+        _, inverse = np.unique(flat, return_inverse=True)
+        sizes = np.cumsum([0] + [m.size for m in maps])
+        return [inverse[a:b].reshape(m.shape).astype(np.int32) for a, b, m in zip(sizes[:-1], sizes[1:], maps)]
+    present = sum(np.bincount(m.ravel(), minlength=high + 1) for m in maps) > 0
+    new_id = (np.cumsum(present) - 1).astype(np.int32)  # a lookup table: linear time, no sort
+    return [new_id[m] for m in maps]
 
 
 @SSL_MAPPER_REGISTRY.register()
@@ -135,7 +137,8 @@ class DetConMapper(MultiViewMapper):
         return kwargs
 
     def label_map(self, dataset_dict: dict, height: int, width: int) -> np.ndarray:
-        """The image's segment-id map at the image's resolution (int32)."""
+        """The image's segment-id map (int32), at the image's resolution or, for a cache
+        map stored smaller, at its own (it covers the whole image; views sample it)."""
         if self.mask_source == "grid":
             return grid_label_map(height, width, self.grid_size)
         if self.mask_source == "gt":
@@ -153,19 +156,16 @@ class DetConMapper(MultiViewMapper):
             label = label[0]
         if label.ndim != 2:
             raise ValueError(f"mask of {dataset_dict['image_id']!r} has shape {label.shape}, expected (H, W)")
-        label = label.astype(np.int32, copy=False)
-        if label.shape != (height, width):
-            label = resize_label_map(label, height, width)
-        return label
+        return label.astype(np.int32, copy=False)
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict, image = self.open_image(dataset_dict)
         height, width = image.height, image.width
         label = self.label_map(dataset_dict, height, width)
         geoms = self.geometry(self.sample_rects(height, width), self.sample_flips(), height, width)
-        views = self.render(self.decode(image, geoms), geoms, height, width)
+        views = self.make_views(image, geoms)
         photometry = self.sample_photometry()
-        masks = compact_ids([np.ascontiguousarray(g.transforms.apply_segmentation(label)) for g in geoms])
+        masks = compact_ids(self.render_label_maps(label, geoms, height, width))
         num_ids = int(max(m.max() for m in masks)) + 1
         return {
             "image_id": str(dataset_dict["image_id"]),

@@ -32,5 +32,5 @@ class ImageLevelMapper(MultiViewMapper):
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict, image = self.open_image(dataset_dict)
         geoms = self.geometry(self.sample_rects(image.height, image.width), self.sample_flips(), image.height, image.width)
-        views = self.render(self.decode(image, geoms), geoms, image.height, image.width)
+        views = self.make_views(image, geoms)
         return {"image_id": str(dataset_dict["image_id"]), **self.finish_views(views, self.sample_photometry())}

@@ -144,7 +144,7 @@ class SoCoMapper(MultiViewMapper):
         }
 
         geoms = self.geometry(rects, self.sample_flips(), height, width)
-        views = self.render(self.decode(image, geoms), geoms, height, width)
+        views = self.make_views(image, geoms)
         photometry = self.sample_photometry()
 
         pairs, per_view_boxes = [], {v: [] for v in range(len(self.views))}

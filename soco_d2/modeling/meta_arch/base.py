@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from detectron2.utils.events import get_event_storage
 
 from soco_d2.data.collate import batch_to_device, collate_views
+from soco_d2.data.decode import render_encoded
 from soco_d2.data.photometric import apply_photometry
 
 from ..momentum import build_target, ema_update_
@@ -67,9 +68,13 @@ class SSLMetaArch(nn.Module):
 
     def prepare(self, batched_inputs) -> dict:
         """A collated batch, or a list of mapper outputs, on the model's device
-        (``non_blocking``: the loader pins its batches on CUDA)."""
+        (``non_blocking``: the loader pins its batches on CUDA); images sent undecoded
+        (``INPUT.SSL.DECODE_ON "device"``) are decoded and cut into views here."""
         batch = self.collate(list(batched_inputs)) if isinstance(batched_inputs, (list, tuple)) else batched_inputs
-        return batch_to_device(batch, self.device)
+        batch = batch_to_device(batch, self.device)
+        if "encoded" in batch:  # INPUT.SSL.DECODE_ON device
+            batch = {**batch, "views": render_encoded(batch["encoded"], self.device)}
+        return batch
 
     def view_images(self, batch: dict, index: int, size_divisibility: int = 0) -> torch.Tensor:
         """View ``index`` of every image as one normalised (N, 3, H, W) float32 tensor:
