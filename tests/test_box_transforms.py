@@ -79,6 +79,9 @@ def test_carried_box_matches_painted_label_map(case):
             assert not (view_label == 7).any()
             continue
         carried = boxes_to_view(clipped, geom)[0]
+        # the same as detectron2's own apply_box through the view's transforms
+        reference = np.clip(geom.transforms.apply_box(clipped), 0, geom.spec.size)[0]
+        np.testing.assert_allclose(carried, reference, rtol=1e-6, atol=1e-4)
         painted = painted_extent(view_label == 7)
         slack = 2.0 if kind == "downsample" else 1.0  # two nearest resamplings may lose a thin box
         if painted is None:

@@ -79,8 +79,7 @@ def resize_image(image: torch.Tensor, height: int, width: int, interp: int = Ima
         return image.index_select(-2, rows).index_select(-1, cols)
     if interp not in _TORCHVISION_MODES:
         raise ValueError(f"unsupported interpolation {interp!r}")
-    out = TF.resize(image, [height, width], interpolation=_TORCHVISION_MODES[interp], antialias=True)
-    return out.contiguous()
+    return TF.resize(image, [height, width], interpolation=_TORCHVISION_MODES[interp], antialias=True)
 
 
 def render_views(image: torch.Tensor, rects, flips, sizes, sources, interp: int = Image.BILINEAR,

@@ -11,6 +11,7 @@ pads the view (FPN: to a multiple of 32) has more cells, which belong to no mask
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,16 @@ from .boxes import feature_stride
 __all__ = ["majority_vote", "present_ids", "mask_levels", "MaskGrids", "ViewMasks", "NO_OWNER"]
 
 NO_OWNER = -1  # a cell no mask owns (no pixel of the view, or padding)
+
+
+@functools.lru_cache(maxsize=64)
+def _cells(height: int, width: int, stride: int, h: int, w: int) -> np.ndarray:
+    """(H, W) int64: the grid cell of every pixel (read-only: shared between calls)."""
+    rows = np.minimum(np.arange(height) // stride, h - 1)
+    cols = np.minimum(np.arange(width) // stride, w - 1)
+    cells = rows[:, None] * w + cols[None, :]
+    cells.setflags(write=False)
+    return cells
 
 
 def majority_vote(id_map: np.ndarray, grid: tuple[int, int], stride: int, num_ids: int | None = None) -> np.ndarray:
@@ -39,9 +50,7 @@ def majority_vote(id_map: np.ndarray, grid: tuple[int, int], stride: int, num_id
     height, width = id_map.shape
     h, w = int(grid[0]), int(grid[1])
     num_ids = int(id_map.max()) + 1 if num_ids is None else int(num_ids)
-    rows = np.minimum(np.arange(height) // stride, h - 1)
-    cols = np.minimum(np.arange(width) // stride, w - 1)
-    key = (rows[:, None] * w + cols[None, :]) * num_ids + id_map
+    key = _cells(height, width, stride, h, w) * num_ids + id_map
     counts = np.bincount(key.ravel(), minlength=h * w * num_ids).reshape(h * w, num_ids)
     owner = counts.argmax(axis=1)  # first maximum = lowest id on ties
     owner[counts.sum(axis=1) == 0] = NO_OWNER

@@ -137,8 +137,9 @@ class DetConMapper(MultiViewMapper):
         return kwargs
 
     def label_map(self, dataset_dict: dict, height: int, width: int) -> np.ndarray:
-        """The image's segment-id map (int32), at the image's resolution or, for a cache
-        map stored smaller, at its own (it covers the whole image; views sample it)."""
+        """The image's segment-id map (int32, or the cache's unsigned dtype), at the image's
+        resolution or, for a cache map stored smaller, at its own (it covers the whole
+        image; views sample it)."""
         if self.mask_source == "grid":
             return grid_label_map(height, width, self.grid_size)
         if self.mask_source == "gt":
@@ -156,6 +157,8 @@ class DetConMapper(MultiViewMapper):
             label = label[0]
         if label.ndim != 2:
             raise ValueError(f"mask of {dataset_dict['image_id']!r} has shape {label.shape}, expected (H, W)")
+        if label.dtype.kind == "u" and label.dtype.itemsize <= 4:
+            return label  # the cache's uint16 maps: no copy
         return label.astype(np.int32, copy=False)
 
     def __call__(self, dataset_dict: dict) -> dict:

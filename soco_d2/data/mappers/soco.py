@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from detectron2.config import configurable
+from detectron2.data import transforms as T
 
 from ..augment import sample_cutout_squares
 from ..boxes import LevelRule, build_pair_boxes, sanitize_proposals, select_pairs_with_retries
@@ -16,8 +17,22 @@ __all__ = ["SoCoMapper", "boxes_to_view"]
 
 def boxes_to_view(boxes: np.ndarray, geom: ViewGeometry) -> np.ndarray:
     """Original-image boxes (already clipped to the view's window) -> the view's
-    final pixel frame (crop, resize(s), flip), clipped to [0, S]; float32 (K, 4)."""
-    out = geom.transforms.apply_box(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    final pixel frame (crop, resize(s), flip), clipped to [0, S]; float32 (K, 4).
+
+    The view's own detectron2 transforms move the boxes; crops, resizes and flips
+    keep boxes axis-aligned, so their coordinate maps are applied to the corners
+    directly (the arithmetic of their ``apply_coords``, a fraction of ``apply_box``'s
+    cost); any other transform goes through ``apply_box``."""
+    out = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    for t in geom.transforms.transforms:
+        if isinstance(t, T.CropTransform):
+            out -= (t.x0, t.y0, t.x0, t.y0)
+        elif isinstance(t, T.ResizeTransform):
+            out *= (t.new_w * 1.0 / t.w, t.new_h * 1.0 / t.h, t.new_w * 1.0 / t.w, t.new_h * 1.0 / t.h)
+        elif isinstance(t, T.HFlipTransform):
+            out = np.stack([t.width - out[:, 2], out[:, 1], t.width - out[:, 0], out[:, 3]], axis=1)
+        else:
+            out = t.apply_box(out)
     return np.clip(out, 0.0, float(geom.spec.size)).astype(np.float32)
 
 
