@@ -360,7 +360,7 @@ def test_flip_probability():
     ],
     ids=["byol", "mocov2_densecl"],
 )
-def test_two_view_mapper_format(recipe, demo_dicts):
+def test_image_level_mapper_format(recipe, demo_dicts):
     cfg = base_cfg()
     cfg.INPUT.SSL.MAPPER = "ImageLevelMapper"
     for key, value in recipe.items():
