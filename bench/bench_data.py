@@ -82,8 +82,9 @@ def make_caches(images: str, work_dir: str) -> tuple[str, str]:
     for method, name in (("selective_search", "ss"), ("felzenszwalb", "fh")):
         path = os.path.join(work_dir, f"{name}.pcache")
         if not os.path.isfile(path):
-            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "precompute_proposals.py"), "--image-dir", images,
-                            "--method", method, "--output", path, "--workers", "2", "--no-progress"], check=True)
+            tool = os.path.join(ROOT, "tools", "precompute_proposals.py")
+            subprocess.run([sys.executable, tool, "--image-dir", images, "--method", method, "--output", path,
+                            "--workers", "2", "--no-progress"], check=True)
         out.append(path)
     return out[0], out[1]
 

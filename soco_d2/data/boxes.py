@@ -271,8 +271,10 @@ class LevelRule:
         if levels != list(range(levels[0], levels[0] + len(levels))):
             raise ValueError(f"pooled features {list(in_features)} must be consecutive levels")
         if assignment == "soco" and len(thresholds) != len(in_features) - 1:
-            raise ValueError(f"{len(in_features)} pooled levels need {len(in_features) - 1} thresholds, got {list(thresholds)}")
-        return cls(assignment, tuple(float(t) for t in thresholds) if assignment == "soco" else (), levels[0], levels[-1])
+            raise ValueError(f"{len(in_features)} pooled levels need {len(in_features) - 1} thresholds, "
+                             f"got {list(thresholds)}")
+        edges = tuple(float(t) for t in thresholds) if assignment == "soco" else ()
+        return cls(assignment, edges, levels[0], levels[-1])
 
     @property
     def num_levels(self) -> int:

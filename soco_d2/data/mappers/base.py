@@ -307,7 +307,8 @@ class MultiViewMapper:
             return EncodedViews.of(image, *self._view_geometry(geoms), self.interp)
         return self.render(self.decode(image, geoms), geoms, image.height, image.width)
 
-    def render_label_maps(self, label: np.ndarray, geoms: list[ViewGeometry], height: int, width: int) -> list[np.ndarray]:
+    def render_label_maps(self, label: np.ndarray, geoms: list[ViewGeometry], height: int,
+                          width: int) -> list[np.ndarray]:
         """Each view's label map: ``label`` (stretched over the ``height x width`` image by
         nearest resampling, at whatever resolution it is stored) cropped, nearest-resized
         and flipped with the view.  The same pixels as ``geom.transforms.apply_segmentation``

@@ -31,6 +31,7 @@ class ImageLevelMapper(MultiViewMapper):
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict, image = self.open_image(dataset_dict)
-        geoms = self.geometry(self.sample_rects(image.height, image.width), self.sample_flips(), image.height, image.width)
+        height, width = image.height, image.width
+        geoms = self.geometry(self.sample_rects(height, width), self.sample_flips(), height, width)
         views = self.make_views(image, geoms)
         return {"image_id": str(dataset_dict["image_id"]), **self.finish_views(views, self.sample_photometry())}
