@@ -42,7 +42,7 @@ def _add_ssl_config(cfg: CN) -> None:
 
     cfg.INPUT.SSL = CN()
     # Name of the multi-view mapper in soco_d2.data.SSL_MAPPER_REGISTRY.
-    cfg.INPUT.SSL.MAPPER = "TwoViewMapper"
+    cfg.INPUT.SSL.MAPPER = "ImageLevelMapper"
     # One entry per view: output side in pixels (square views) and how the view is made:
     # "whole" (the whole image resized, aspect not kept), "crop" (random resized crop),
     # "downsample:J" (view J, before flip and colour, resized to this size; SoCo*'s V4).
@@ -71,6 +71,25 @@ def _add_ssl_config(cfg: CN) -> None:
     cfg.INPUT.SSL.CUTOUT_VIEWS = []
     cfg.INPUT.SSL.CUTOUT_PROB = 0.5
     cfg.INPUT.SSL.CUTOUT_RATIO = (0.1, 0.3)
+    # Where the colour ops (jitter, grayscale, blur, solarize), normalisation and cutout run;
+    # the dataloader workers always decode, crop, resize and flip, and draw every random
+    # parameter (so the data stream stays a function of seed and sample position):
+    # "model": views leave the workers as uint8 and the meta-architecture applies the ops
+    #   batched on the training device (soco_d2.data.photometric);
+    # "mapper": the workers apply the same implementation and send float32 views;
+    # "auto": "model" when MODEL.DEVICE is CUDA, "mapper" otherwise (the choice is logged).
+    # Both give the same training batch up to float rounding.
+    cfg.INPUT.SSL.PHOTOMETRIC_ON = "auto"
+    # Decode JPEGs at 1/2, 1/4 or 1/8 size (PIL's draft) when every view still downsamples its
+    # crop window at that size.  Faster on large images; changes pixels slightly (BENCHMARKS.md).
+    cfg.INPUT.SSL.JPEG_DRAFT = False
+    # Where images are decoded: "mapper" (the workers decode once and cut the views) or
+    # "device": the workers read the file and draw the views' geometry, the model decodes
+    # JPEGs with torchvision.io.decode_jpeg on its device (nvJPEG on CUDA) and cuts, resizes
+    # and flips the views there (other formats are decoded in the workers).  Needs
+    # PHOTOMETRIC_ON "model".  Worth it when the workers cannot keep up even with colour on
+    # the device; the views are the same up to the decoders' rounding.
+    cfg.INPUT.SSL.DECODE_ON = "mapper"
 
     # Optimiser: "SGD" (detectron2's) or "LARS" (SGD momentum wrapped in layer-wise
     # trust ratios). With LARS_EXCLUDE_1D, biases and norm weights get neither weight

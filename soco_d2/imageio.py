@@ -1,6 +1,7 @@
 """The one image reader of soco_d2: proposal precompute, the proposal
-visualiser and the pretraining mappers all decode files with :func:`read_rgb`,
-so the boxes and label maps in a cache fit exactly the pixels training sees.
+visualiser and the pretraining mappers all decode files through
+:class:`EncodedImage` (:func:`read_rgb` for a whole decode), so the boxes and
+label maps in a cache fit exactly the pixels training sees.
 
 Every file either decodes to an RGB uint8 array in the orientation
 detectron2's ``read_image`` uses (EXIF applied), or raises :class:`ImageSkip`
@@ -11,6 +12,8 @@ files are scaled to 0..255.  This module sits at the start of the data flow
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 
@@ -18,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 DEFAULT_MAX_PIXELS = 250_000_000
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 degrees: width and height swap
 
 
 class ImageSkip(Exception):
@@ -49,29 +54,17 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
-def read_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, allow_truncated: bool = False, return_mode: bool = False):
-    """Decode ``path`` to an (H, W, 3) uint8 RGB array with EXIF orientation applied.
-
-    Grayscale, palette, RGBA, CMYK and 16-bit files are converted; files over
-    ``max_pixels`` are refused before decoding; truncated files are refused
-    unless ``allow_truncated`` (then PIL fills the missing part with grey).
-    With ``return_mode``, returns ``(array, PIL mode of the file)``.
-    """
+@contextlib.contextmanager
+def _reading(path: str, allow_truncated: bool):
+    """PIL's own limits off (ours are checked before decoding), truncation as asked, and
+    every decoder failure turned into :class:`ImageSkip`."""
     saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS = None  # our own limit below, checked before decoding
+    Image.MAX_IMAGE_PIXELS = None
     ImageFile.LOAD_TRUNCATED_IMAGES = bool(allow_truncated)
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageSkip("huge", f"{w}x{h} = {w * h} pixels > --max-pixels {max_pixels}")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                im.load()
-                mode = im.mode
-                im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb_array(im)
-            return (rgb, mode) if return_mode else rgb
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     except ImageSkip:
         raise
     except FileNotFoundError as e:
@@ -85,3 +78,74 @@ def read_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, allow_truncated: b
         raise ImageSkip("huge", "out of memory while decoding") from None
     finally:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+class EncodedImage:
+    """An image file read into memory: ``height`` / ``width`` as displayed (EXIF
+    orientation applied) from the header alone, pixels on demand (:meth:`decode`).
+
+    The mappers draw a sample's view geometry from the size before anything is
+    decoded, which allows a reduced-size JPEG decode (PIL's ``draft``: the DCT
+    scaled by 1/2, 1/4 or 1/8) and handing the bytes to the training device.
+    Opening refuses files over ``max_pixels``; every failure is an :class:`ImageSkip`.
+    """
+
+    def __init__(self, data: bytes, name: str = "", *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 allow_truncated: bool = False):
+        self.data, self.name, self.allow_truncated = data, name, bool(allow_truncated)
+        with _reading(name, self.allow_truncated):
+            self._image = Image.open(io.BytesIO(data))
+            self.format, self.mode = self._image.format, self._image.mode
+            width, height = self._image.size
+            if width * height > max_pixels:
+                raise ImageSkip("huge", f"{width}x{height} = {width * height} pixels > --max-pixels {max_pixels}")
+            self.orientation = int(self._image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+        if self.orientation in TRANSPOSED_ORIENTATIONS:
+            width, height = height, width
+        self.height, self.width = int(height), int(width)
+
+    @classmethod
+    def read(cls, path: str, **kwargs) -> "EncodedImage":
+        with _reading(path, False):
+            with open(path, "rb") as f:
+                data = f.read()
+        return cls(data, path, **kwargs)
+
+    def decode(self, reduction: int = 1) -> np.ndarray:
+        """uint8 (H', W', 3) RGB, EXIF orientation applied.  ``reduction`` > 1 (a power of
+        two, JPEG only) asks the decoder for an image about that many times smaller
+        (``ceil(H / r) x ceil(W / r)``); other formats ignore it."""
+        with _reading(self.name, self.allow_truncated):
+            image = self._image
+            if reduction > 1 and self.format == "JPEG":
+                width, height = image.size
+                image.draft(image.mode, (-(-width // reduction), -(-height // reduction)))
+            image.load()
+            if self.orientation != 1:
+                image = ImageOps.exif_transpose(image)
+            return _to_rgb_array(image)
+
+    def check_complete(self) -> None:
+        """For bytes decoded elsewhere (``INPUT.SSL.DECODE_ON device``): a JPEG must end with
+        its end-of-image marker, else it is truncated (raises :class:`ImageSkip`)."""
+        if self.format == "JPEG" and not self.allow_truncated and not self.data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            raise ImageSkip("truncated", "the JPEG data ends before its end-of-image marker")
+
+    def tensor(self):
+        """The undecoded bytes as a uint8 tensor (what ``torchvision.io.decode_jpeg`` reads)."""
+        import torch
+
+        return torch.frombuffer(bytearray(self.data), dtype=torch.uint8)
+
+
+def read_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, allow_truncated: bool = False, return_mode: bool = False):
+    """Decode ``path`` to an (H, W, 3) uint8 RGB array with EXIF orientation applied.
+
+    Grayscale, palette, RGBA, CMYK and 16-bit files are converted; files over
+    ``max_pixels`` are refused before decoding; truncated files are refused
+    unless ``allow_truncated`` (then PIL fills the missing part with grey).
+    With ``return_mode``, returns ``(array, PIL mode of the file)``.
+    """
+    image = EncodedImage.read(path, max_pixels=max_pixels, allow_truncated=allow_truncated)
+    rgb = image.decode()
+    return (rgb, image.mode) if return_mode else rgb

@@ -26,6 +26,9 @@ def tiny_opts(output_dir: str, **overrides) -> list[str]:
         "MODEL.SSL.PROJ_DIM": "32",
         "MODEL.SSL.PRED_HIDDEN_DIM": "64",
         "INPUT.SSL.VIEW_SIZES": "[32, 32]",
+        # uint8 views + colour parameters, applied in the model (the CUDA default): the resume and
+        # DDP tests cover it; the CPU default ("mapper") runs in the demo-config tests
+        "INPUT.SSL.PHOTOMETRIC_ON": "model",
         "DATASETS.TRAIN": "('demo_images',)",
         "DATALOADER.NUM_WORKERS": "0",
         "SOLVER.IMS_PER_BATCH": "4",

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from soco_d2.data import boxes as B
-from soco_d2.data.augment import ColorPipeline, RandomResizedCrop, cutout_in_boxes, sample_crop_rect
+from soco_d2.data.augment import ColorPipeline, RandomResizedCrop, sample_crop_rect, sample_cutout_squares
 from soco_d2.data.mappers import MultiViewMapper, ViewSpec, boxes_to_view
+from soco_d2.data.photometric import PhotometricBatch, ViewPhotometry, apply_photometry
 
 HYPOTHESIS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -78,6 +79,9 @@ def test_carried_box_matches_painted_label_map(case):
             assert not (view_label == 7).any()
             continue
         carried = boxes_to_view(clipped, geom)[0]
+        # the same as detectron2's own apply_box through the view's transforms
+        reference = np.clip(geom.transforms.apply_box(clipped), 0, geom.spec.size)[0]
+        np.testing.assert_allclose(carried, reference, rtol=1e-6, atol=1e-4)
         painted = painted_extent(view_label == 7)
         slack = 2.0 if kind == "downsample" else 1.0  # two nearest resamplings may lose a thin box
         if painted is None:
@@ -97,11 +101,11 @@ def test_carried_box_matches_painted_image(case):
         image = np.zeros((height, width, 3), dtype=np.uint8)
         image[box[1] : box[3], box[0] : box[2]] = 255
         views = mapper.render(image, geoms)
-        assert views[v].shape == (geoms[v].spec.size, geoms[v].spec.size, 3)
+        assert views[v].shape == (3, geoms[v].spec.size, geoms[v].spec.size) and views[v].dtype == torch.uint8
         if not B.overlaps_rect(np.array([box], float), rect)[0]:
             continue
         carried = boxes_to_view(B.clip_to_rect(np.array([box], float), rect), geoms[v])[0]
-        painted = painted_extent(views[v][:, :, 0] == 255)
+        painted = painted_extent(views[v][0].numpy() == 255)
         slack = 2.0 if kind == "downsample" else 1.0
         if painted is None:
             assert min(carried[2] - carried[0], carried[3] - carried[1]) < slack
@@ -112,8 +116,9 @@ def test_carried_box_matches_painted_image(case):
 @HYPOTHESIS
 @given(view_cases())
 def test_carried_box_matches_bilinear_image(case):
-    """With the training interpolation (PIL bilinear, antialiased) the half-intensity
-    contour of a painted box is the carried box, within a pixel."""
+    """With the training interpolation (torchvision's antialiased bilinear, within a
+    level of PIL's) the half-intensity contour of a painted box is the carried box,
+    within a pixel."""
     height, width, kind, rect, *_rest, boxes = case
     mapper, geoms, v = view_geometry(case, interp="bilinear")
     for box in boxes:
@@ -124,7 +129,7 @@ def test_carried_box_matches_bilinear_image(case):
             continue  # a thin box never reaches full intensity
         image = np.zeros((height, width, 3), dtype=np.uint8)
         image[box[1] : box[3], box[0] : box[2]] = 255
-        painted = painted_extent(mapper.render(image, geoms)[v][:, :, 0] >= 128)
+        painted = painted_extent(mapper.render(image, geoms)[v][0].numpy() >= 128)
         assert painted is not None
         np.testing.assert_allclose(carried, painted, atol=1.0)
 
@@ -310,13 +315,21 @@ def test_pair_without_candidates_becomes_whole_views():
 
 
 # ----------------------------------------------------------------------------- cutout
+def cutout_in_boxes(image, boxes, prob=0.5, ratio=(0.1, 0.3), fill=(0.0, 0.0, 0.0)):
+    """SoCo's cutout as the mapper draws it and ``apply_photometry`` fills it: (the
+    image, the squares that fired)."""
+    squares = sample_cutout_squares(boxes, image.shape[1], image.shape[2], prob, ratio)
+    params = PhotometricBatch.from_views([ViewPhotometry(cutout=squares)])
+    out = apply_photometry(image[None], params, fill, (1.0, 1.0, 1.0), normalize=False)[0]
+    return out, [tuple(int(v) for v in sq) for sq in squares if sq[2] > sq[0] and sq[3] > sq[1]]
+
+
 def test_cutout_squares_inside_boxes_with_the_fill_value():
     np.random.seed(1)
     mean = (123.675, 116.28, 103.53)
     boxes = np.array([[20.3, 30.0, 60.0, 50.7], [70.0, 10.0, 90.0, 90.0], [40.0, 60.0, 45.0, 66.0]])
     for _ in range(30):
-        image = torch.full((3, 112, 112), 7.0)
-        squares = cutout_in_boxes(image, boxes, prob=1.0, ratio=(0.1, 0.3), fill=mean)
+        image, squares = cutout_in_boxes(torch.full((3, 112, 112), 7.0), boxes, prob=1.0, ratio=(0.1, 0.3), fill=mean)
         assert len(squares) == 3
         expected = torch.zeros(112, 112, dtype=torch.bool)
         for (x0, y0, x1, y1), box in zip(squares, boxes):
@@ -331,17 +344,18 @@ def test_cutout_squares_inside_boxes_with_the_fill_value():
         changed = (image != 7.0).any(dim=0)
         assert torch.equal(changed, expected)
         for c in range(3):
-            assert torch.all(image[c][changed] == mean[c])
-    image = torch.full((3, 112, 112), 7.0)
-    assert cutout_in_boxes(image, boxes, prob=0.0) == [] and torch.all(image == 7.0)
+            assert torch.allclose(image[c][changed], torch.tensor(mean[c]))
+    image, squares = cutout_in_boxes(torch.full((3, 112, 112), 7.0), boxes, prob=0.0)
+    assert squares == [] and torch.all(image == 7.0)
     np.random.seed(0)
-    fired = sum(len(cutout_in_boxes(torch.zeros(3, 112, 112), boxes, prob=0.5)) for _ in range(400))
+    fired = sum(len(cutout_in_boxes(torch.zeros(3, 112, 112), boxes, prob=0.5)[1]) for _ in range(400))
     assert 0.45 < fired / 1200 < 0.55
 
 
 def test_cutout_clipped_at_the_border():
     np.random.seed(0)
-    image = torch.zeros(3, 32, 32)
-    for x0, y0, x1, y1 in cutout_in_boxes(image, np.array([[0.0, 0.0, 32.0, 32.0]] * 20), prob=1.0, fill=(1, 2, 3)):
+    image, squares = cutout_in_boxes(torch.zeros(3, 32, 32), np.array([[0.0, 0.0, 32.0, 32.0]] * 20), prob=1.0,
+                                     fill=(1, 2, 3))
+    for x0, y0, x1, y1 in squares:
         assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
     assert set(image[0].unique().tolist()) <= {0.0, 1.0}

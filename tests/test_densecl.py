@@ -15,7 +15,7 @@ from queue_model_utils import two_view_samples
 
 from soco_d2 import get_pretrain_cfg
 from config_utils import project_config_path
-from soco_d2.modeling.losses import densecl_correspondence, densecl_dense_loss, densecl_global_loss
+from soco_d2.modeling.losses import densecl_correspondence, densecl_dense_loss, infonce_loss
 from soco_d2.modeling.meta_arch.densecl import DenseHead
 
 
@@ -85,7 +85,7 @@ def test_dense_loss_with_one_position_is_the_global_loss():
     feat = torch.randn(3, 5, 1, 1, generator=g)
     queue = F.normalize(torch.randn(8, 10, generator=g), dim=0)
     dense = densecl_dense_loss(q[:, :, None], k[:, :, None], feat, feat, queue)
-    assert dense.item() == pytest.approx(densecl_global_loss(q, k, queue).item(), rel=1e-6)
+    assert dense.item() == pytest.approx(infonce_loss(q, k, queue).item(), rel=1e-6)
 
 
 def test_dense_head_shapes_and_pool_before_normalisation():

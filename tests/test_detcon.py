@@ -2,8 +2,8 @@
 and pooling, the DetCon-B / DetCon-S / FPN meta-architectures on real mapper
 batches, DDP negatives from every process, checkpoint round trip, paper config."""
 import math
-import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,14 +17,9 @@ from soco_d2 import get_pretrain_cfg
 from config_utils import project_config_path
 from soco_d2.data.mappers import build_ssl_mapper
 from soco_d2.modeling.losses import detcon_loss, detcon_loss_terms
-from soco_d2.modeling.mask_pooling import (
-    majority_vote_ids,
-    mask_levels,
-    mask_pool,
-    present_ids,
-    sample_mask_ids,
-)
-from soco_d2.modeling.meta_arch.detcon import DetCon, contrast_across_processes
+from soco_d2.data.masks import MaskGrids, majority_vote, mask_levels, present_ids
+from soco_d2.modeling.mask_pooling import mask_pool, pool_masks
+from soco_d2.modeling.meta_arch.detcon import contrast_across_processes
 
 
 # --------------------------------------------------------------------------- loss references
@@ -169,37 +164,42 @@ def test_target_offset_places_local_images_in_gathered_targets():
 
 
 def test_majority_vote_matches_loop_count_with_ties_to_lowest_id():
-    g = torch.Generator().manual_seed(0)
-    maps = torch.randint(0, 4, (2, 6, 9), generator=g)
-    maps[0, :3, :3] = torch.tensor([[3, 3, 1], [1, 2, 2], [0, 0, 0]])  # 3 zeros win
-    maps[1, :3, :3] = torch.tensor([[3, 3, 1], [1, 2, 2], [0, 2, 1]])  # 1, 2 tie (3 each) -> 1
-    owners = majority_vote_ids(maps, (2, 3), stride=3)
-    assert owners.shape == (2, 2, 3)
-    for b in range(2):
+    rng = np.random.default_rng(0)
+    for b, corner in enumerate([[[3, 3, 1], [1, 2, 2], [0, 0, 0]],  # 3 zeros win
+                                [[3, 3, 1], [1, 2, 2], [0, 2, 1]]]):  # 1, 2 tie (3 each) -> 1
+        id_map = rng.integers(0, 4, (6, 9))
+        id_map[:3, :3] = corner
+        owners = majority_vote(id_map, (2, 3), stride=3)
+        assert owners.shape == (2, 3)
         for i in range(2):
             for j in range(3):
-                cell = maps[b, 3 * i:3 * i + 3, 3 * j:3 * j + 3].flatten().tolist()
+                cell = id_map[3 * i:3 * i + 3, 3 * j:3 * j + 3].ravel().tolist()
                 counts = [cell.count(v) for v in range(4)]
-                assert owners[b, i, j] == counts.index(max(counts))
-    assert owners[0, 0, 0] == 0 and owners[1, 0, 0] == 1
-    # a grid reaching past the map: cells without pixels belong to no mask
-    owners = majority_vote_ids(maps[:, :6, :6], (3, 3), stride=3)
-    assert (owners[:, 2, :] == -1).all() and (owners[:, :2, :2] >= 0).all()
+                assert owners[i, j] == counts.index(max(counts))
+        assert owners[0, 0] == b  # 0 wins, then the tie goes to 1
+        # a grid reaching past the map: cells without pixels belong to no mask
+        owners = majority_vote(id_map[:6, :6], (3, 3), stride=3)
+        assert (owners[2, :] == -1).all() and (owners[:2, :2] >= 0).all()
 
 
 def test_segment_without_a_majority_cell_vanishes():
-    maps = torch.zeros(1, 4, 4, dtype=torch.long)
-    maps[0, 0, 0] = 1  # one pixel of id 1 in a 2x2 cell
-    owners = majority_vote_ids(maps, (2, 2), stride=2)
-    assert present_ids(owners, 2).tolist() == [[True, False]]
+    id_map = np.zeros((4, 4), dtype=np.int64)
+    id_map[0, 0] = 1  # one pixel of id 1 in a 2x2 cell
+    owners = majority_vote(id_map, (2, 2), stride=2)
+    assert present_ids(owners, 2).tolist() == [True, False]
 
 
 def test_mask_sampling_draws_only_present_ids_with_replacement():
-    present = torch.tensor([[True, False, True, False], [False, False, False, True]])
-    torch.manual_seed(0)
-    ids = sample_mask_ids(present, 400)
-    assert set(ids[0].tolist()) == {0, 2} and set(ids[1].tolist()) == {3}
-    assert 150 < int((ids[0] == 0).sum()) < 250  # uniform over the present ids
+    id_map = np.zeros((8, 8), dtype=np.int64)
+    id_map[:, 4:] = 2
+    id_map[0, 0] = 1  # one pixel: owns no 4x4 cell, never sampled
+    grids = MaskGrids(["res2"], num_masks=400)  # stride 4: a 2x2 grid
+    np.random.seed(0)
+    masks = grids.layout(id_map, 3)
+    assert set(masks.ids.tolist()) == {0, 2} and masks.num_present == 2
+    assert 150 < int((masks.ids == 0).sum()) < 250  # uniform over the present ids
+    assert masks.owners[0].dtype == torch.int16 and masks.owners[0].tolist() == [[0, 2], [0, 2]]
+    assert masks.levels.tolist() == [0] * 400
 
 
 def test_mask_pool_is_the_mean_over_owned_cells():
@@ -223,7 +223,7 @@ def test_mask_pool_equals_area_weighted_mean_of_the_region():
     features = torch.randn(1, 4, 3, 3, generator=g)
     cell_ids = torch.tensor([[[0, 0, 1], [2, 1, 1], [2, 2, 1]]])
     pixel_ids = cell_ids.repeat_interleave(8, 1).repeat_interleave(8, 2)  # stride 8, 24 px
-    owners = majority_vote_ids(pixel_ids, (3, 3), stride=8)
+    owners = torch.from_numpy(majority_vote(pixel_ids[0].numpy(), (3, 3), stride=8))[None]
     assert torch.equal(owners, cell_ids)
     pixel_features = F.interpolate(features, scale_factor=8, mode="nearest")
     ids = torch.tensor([[0, 1, 2]])
@@ -235,35 +235,41 @@ def test_mask_pool_equals_area_weighted_mean_of_the_region():
 
 
 def test_mask_levels_follow_soco_thresholds_on_pixel_area():
-    maps = torch.zeros(1, 100, 100, dtype=torch.long)
-    maps[0, :40, :40] = 1  # sqrt(1600) = 40 -> level 0 (<= 48)
-    maps[0, 40:90, :90] = 2  # sqrt(4500) = 67 -> level 1
-    maps[0, 90:, :] = 3  # sqrt(1000) = 31.6 -> level 0
+    id_map = np.zeros((100, 100), dtype=np.int64)
+    id_map[:40, :40] = 1  # sqrt(1600) = 40 -> level 0 (<= 48)
+    id_map[40:90, :90] = 2  # sqrt(4500) = 67 -> level 1
+    id_map[90:, :] = 3  # sqrt(1000) = 31.6 -> level 0
     # id 0: the rest, 100*100 - 1600 - 4500 - 1000 = 2900 -> 53.9 -> level 1
-    assert mask_levels(maps, 5, [48, 96, 192]).tolist() == [[1, 0, 1, 0, 0]]  # id 4 absent: area 0
-    maps[0] = 0
-    assert mask_levels(maps, 1, [48, 96, 192]).tolist() == [[2]]  # sqrt = 100: (96, 192] -> level 2
-    assert mask_levels(torch.zeros(1, 200, 200, dtype=torch.long), 1, [48, 96, 192]).tolist() == [[3]]
+    assert mask_levels(id_map, 5, [48, 96, 192]).tolist() == [1, 0, 1, 0, 0]  # id 4 absent: area 0
+    assert mask_levels(np.zeros((48, 48), np.int64), 1, [48, 96, 192]).tolist() == [0]  # sqrt = 48: <= 48
+    assert mask_levels(np.zeros((100, 100), np.int64), 1, [48, 96, 192]).tolist() == [2]  # (96, 192] -> 2
+    assert mask_levels(np.zeros((200, 200), np.int64), 1, [48, 96, 192]).tolist() == [3]
 
 
 def test_fpn_pool_takes_each_mask_from_its_level():
     # two levels: 4x4 (stride 2) and 2x2 (stride 4) of an 8x8 id map; level features are
     # constant per level (10 and 20) so the pooled value tells which level was used
-    maps = torch.zeros(1, 8, 8, dtype=torch.long)
-    maps[0, :2, :2] = 1  # 4 px -> sqrt 2 <= 3 -> level 0
-    features = {"p2": torch.full((1, 3, 4, 4), 10.0), "p3": torch.full((1, 3, 2, 2), 20.0)}
-    fake = types.SimpleNamespace(in_features=["p2", "p3"], strides=[2, 4], level_thresholds=(3.0,))
-    owners, levels, present = DetCon.mask_layout(fake, maps, features)
-    assert levels.tolist() == [[1, 0]] and present.tolist() == [[True, True]]
-    assert owners[1].tolist() == [[[0, 0], [0, 0]]]  # id 1 owns no cell of the coarse grid
-    pooled = DetCon.pool(fake, features, owners, levels, torch.tensor([[0, 1, 1]]))
+    grids = MaskGrids(["p1", "p2"], thresholds=(3.0,))
+    maps = np.zeros((8, 8), dtype=np.int64)
+    maps[:2, :2] = 1  # 4 px -> sqrt 2 <= 3 -> level 0
+    owners, levels, present = grids.assign(maps, 2)
+    assert levels.tolist() == [1, 0] and present.tolist() == [True, True]
+    assert owners[1].tolist() == [[0, 0], [0, 0]]  # id 1 owns no cell of the coarse grid
+    features = [torch.full((1, 3, 4, 4), 10.0), torch.full((1, 3, 2, 2), 20.0)]
+    ids = torch.tensor([[0, 1, 1]])
+    owners, levels = [torch.from_numpy(o)[None] for o in owners], torch.from_numpy(levels)
+    pooled = pool_masks(features, owners, ids, levels[ids])
     assert pooled[0, :, 0].tolist() == [20.0, 10.0, 10.0]
     # a thin segment owning no cell of its level's grid falls back to the finest level where it owns one
-    maps = torch.zeros(1, 8, 8, dtype=torch.long)
-    maps[0, :, 0:2] = 1  # 16 px, sqrt 4 > 3 -> level 1 (2x2 grid, 4x4 cells: 8 of 16 px, tie -> id 0)
-    owners, levels, present = DetCon.mask_layout(fake, maps, features)
+    maps = np.zeros((8, 8), dtype=np.int64)
+    maps[:, 0:2] = 1  # 16 px, sqrt 4 > 3 -> level 1 (2x2 grid, 4x4 cells: 8 of 16 px, tie -> id 0)
+    owners, levels, present = grids.assign(maps, 2)
     assert not (owners[1] == 1).any() and (owners[0] == 1).any()
-    assert levels.tolist() == [[1, 0]] and present.tolist() == [[True, True]]
+    assert levels.tolist() == [1, 0] and present.tolist() == [True, True]
+    # a backbone that pads the view has more cells than the view: they belong to no mask
+    owners, levels = [torch.from_numpy(o)[None] for o in owners], torch.from_numpy(levels)
+    pooled = pool_masks([torch.ones(1, 3, 6, 6), torch.ones(1, 3, 3, 3)], owners, ids, levels[ids])
+    assert torch.allclose(pooled, torch.ones(1, 3, 3))
 
 
 # --------------------------------------------------------------------------- meta-architectures
@@ -285,12 +291,11 @@ def tiny_cfg(name, *opts):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def detcon_batches():
-    """Real DetConMapper outputs (grid masks) for the first demo photos."""
-    cfg = tiny_cfg("detcon_b_r50")
-    mapper = build_ssl_mapper(cfg)
+def detcon_batch(name):
+    """Real DetConMapper outputs (grid masks, laid out for the config's levels) for the first demo photos."""
+    mapper = build_ssl_mapper(tiny_cfg(name))
     torch.manual_seed(0)
+    np.random.seed(0)
     return [mapper(d) for d in DatasetCatalog.get("demo_images")[:3]]
 
 
@@ -300,7 +305,7 @@ def run_losses(model, batch):
 
 
 @pytest.mark.parametrize("name", ["detcon_b_r50", "detcon_s_r50", "detcon_b_r50_fpn"])
-def test_detcon_forward_backward_on_mapper_batch(name, detcon_batches):
+def test_detcon_forward_backward_on_mapper_batch(name):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(name))
     model.train()
@@ -308,7 +313,7 @@ def test_detcon_forward_backward_on_mapper_batch(name, detcon_batches):
     model.projector.register_forward_hook(lambda m, i, o: projections["online"].append(o.detach()))
     if model.target is not None:
         model.target.projector.register_forward_hook(lambda m, i, o: projections["target"].append(o.detach()))
-    losses = run_losses(model, detcon_batches)
+    losses = run_losses(model, detcon_batch(name))
     assert set(losses) == {"loss_detcon_12", "loss_detcon_21"}
     if model.target is not None:
         # at init target == online, so equal projections prove the target pooled the same sampled masks

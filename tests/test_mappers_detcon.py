@@ -18,6 +18,7 @@ def detcon_cfg(source="fh"):
     """DetCon's views (docs/methods/detcon.md, Views and how the masks follow them)."""
     cfg = get_pretrain_cfg()
     cfg.INPUT.FORMAT = "RGB"
+    cfg.INPUT.SSL.PHOTOMETRIC_ON = "mapper"  # float views, coloured here (tests/test_photometric.py: "model")
     s = cfg.INPUT.SSL
     s.MAPPER, s.VIEW_SIZES, s.VIEW_TYPES = "DetConMapper", [224, 224], ["crop", "crop"]
     s.CROP_SCALE, s.CROP_ATTEMPTS, s.CROP_FALLBACK, s.INTERPOLATION = (0.08, 1.0), 1, "clip", "bicubic"
@@ -48,14 +49,24 @@ def fh_maps(demo_dicts):
 
 
 def check_output(out, sizes=(224, 224)):
-    assert set(out) == {"image_id", "views", "masks"} and isinstance(out["image_id"], str)
+    assert set(out) == {"image_id", "views", "masks", "mask_layout"} and isinstance(out["image_id"], str)
     assert len(out["views"]) == len(out["masks"]) == len(sizes)
     for view, mask, size in zip(out["views"], out["masks"], sizes):
         assert view.dtype == torch.float32 and view.shape == (3, size, size)
         assert 0 <= view.min() and view.max() <= 255
-        assert mask.dtype == torch.int64 and mask.shape == (size, size)
+        assert mask.dtype == torch.int32 and mask.shape == (size, size)
     present = torch.unique(torch.cat([m.flatten() for m in out["masks"]]))
     assert torch.equal(present, torch.arange(len(present)))  # compact: 0..n-1
+    # what the model pools (C5, stride 32): majority owners of each 32 px cell, 16 sampled ids that own a cell
+    for layout, mask, size in zip(out["mask_layout"], out["masks"], sizes):
+        (owners,) = layout.owners
+        grid = -(-size // 32)
+        assert owners.dtype == torch.int16 and owners.shape == (grid, grid)
+        counts = torch.bincount(mask[:32, :32].flatten().long())
+        assert owners[0, 0] == counts.argmax()
+        assert layout.ids.shape == layout.levels.shape == (16,) and (layout.levels == 0).all()
+        assert all((owners == i).any() for i in layout.ids.tolist())
+        assert layout.num_present == len(torch.unique(owners))
 
 
 def test_detcon_fh_on_demo_photos(demo_dicts, fh_maps):
@@ -191,7 +202,7 @@ def test_compact_ids_consistent():
     ca, cb = compact_ids([a, b])
     np.testing.assert_array_equal(ca, [[1, 1], [0, 2]])
     np.testing.assert_array_equal(cb, [[2, 3], [0, 0]])
-    assert ca.dtype == np.int64
+    assert ca.dtype == np.int32
 
 
 def test_detcon_missing_and_bad_sources(demo_dicts, fh_maps):

@@ -125,7 +125,7 @@ PAPER = {
         "MODEL.SSL.PRED_HIDDEN_DIM": 4096,
         "MODEL.SSL.MOMENTUM": 0.996,
         "MODEL.SSL.MOMENTUM_SCHEDULE": "cosine",
-        "INPUT.SSL.MAPPER": "TwoViewMapper",
+        "INPUT.SSL.MAPPER": "ImageLevelMapper",
         "INPUT.SSL.VIEW_SIZES": [224, 224],
         "INPUT.SSL.CROP_SCALE": (0.08, 1.0),
         "INPUT.SSL.INTERPOLATION": "bicubic",

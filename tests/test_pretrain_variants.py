@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 import soco_d2  # noqa: F401  (first: spawned processes import this module too)
+import torch
+from detectron2.utils.events import EventStorage
 from skimage.segmentation import felzenszwalb
 
 from dist_utils import assert_same_step, one_training_step, run_in_gloo_processes
@@ -51,6 +53,9 @@ def small_views(sizes):
 
 @pytest.mark.parametrize("path", DEMO_CONFIGS, ids=os.path.basename)
 def test_demo_config_runs_two_iterations(path, demo_caches, tmp_path):
+    """Two iterations through the trainer (on a CPU the colour ops run in the mapper,
+    PHOTOMETRIC_ON auto), and the first iteration again with them on the model: the same
+    losses (the same draws; the batched ops in another place)."""
     cfg = get_pretrain_cfg()
     cfg.merge_from_file(path)
     cfg.merge_from_list([
@@ -60,6 +65,7 @@ def test_demo_config_runs_two_iterations(path, demo_caches, tmp_path):
         "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path),
     ])
     cfg.freeze()
+    torch.manual_seed(0)
     trainer = PretrainTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -68,6 +74,18 @@ def test_demo_config_runs_two_iterations(path, demo_caches, tmp_path):
     assert all(math.isfinite(r["total_loss"]) for r in rows)
     assert all("lr" in r and "momentum_tau" in r for r in rows)
     assert os.path.isfile(tmp_path / "model_final.pth")
+
+    on_model = cfg.clone()
+    on_model.defrost()
+    on_model.INPUT.SSL.PHOTOMETRIC_ON, on_model.OUTPUT_DIR = "model", str(tmp_path / "on_model")
+    torch.manual_seed(0)
+    trainer = PretrainTrainer(on_model)
+    with EventStorage(0) as storage:
+        trainer._trainer.run_step()
+    assert trainer.train_loader.dataset()._mapper.photometric_on == "model"
+    for key, value in rows[0].items():
+        if key.startswith("loss_") or key == "total_loss":
+            assert storage.latest()[key][0] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 def soco_ddp_cfg(output_dir):
@@ -78,7 +96,7 @@ def soco_ddp_cfg(output_dir):
         "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
         "MODEL.FPN.OUT_CHANNELS", 64, "MODEL.ROI_BOX_HEAD.CONV_DIM", 64, "MODEL.ROI_BOX_HEAD.FC_DIM", 128,
         "MODEL.SSL.PROJ_HIDDEN_DIM", 64, "MODEL.SSL.PROJ_DIM", 32, "MODEL.SSL.PRED_HIDDEN_DIM", 64,
-        "INPUT.SSL.VIEW_SIZES", [64, 64, 32], "DATASETS.TRAIN", ("demo_images",),
+        "INPUT.SSL.VIEW_SIZES", [64, 64, 32], "DATASETS.TRAIN", ("demo_images",), "INPUT.SSL.PHOTOMETRIC_ON", "model",
         "DATALOADER.NUM_WORKERS", 0, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.EPOCHS", 0, "SOLVER.MAX_ITER", 2,
         "SOLVER.WARMUP_ITERS", 1, "SOLVER.AMP.ENABLED", False, "OUTPUT_DIR", str(output_dir),
     ])

@@ -142,15 +142,14 @@ def test_pool_all_levels_selects_the_same_embeddings():
     embeddings once BN uses running statistics."""
     model = build_model(tiny_soco_cfg())
     model.eval()
-    batch = random_batch(2, [96, 96])
-    images = model.view_images(batch, 0, model.backbone.size_divisibility)
-    feats = model.backbone(images)
-    boxes = [Boxes(x["pairs"][0]["boxes"][0]) for x in batch]
+    batch = model.prepare(random_batch(2, [96, 96]))
+    feats = model.backbone(model.view_images(batch, 0, model.backbone.size_divisibility))
+    plan, rows = batch["roi_plans"][0], batch["pairs"][0]["rows"][0]
     heads = [model.projector, model.predictor]
     with torch.no_grad():
-        standard = model.region_embeddings(feats, boxes, model.box_head, heads)
+        standard = model.region_embeddings(model.pool_view(feats, plan), plan, rows, 2, model.box_head, heads)
         model.pool_all_levels = True
-        parity = model.region_embeddings(feats, boxes, model.box_head, heads)
+        parity = model.region_embeddings(model.pool_view(feats, plan), plan, rows, 2, model.box_head, heads)
     assert standard.shape == (2, 4, 32)
     torch.testing.assert_close(parity, standard, rtol=1e-4, atol=1e-5)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 __all__ = [
     "Rect",
@@ -33,6 +34,10 @@ __all__ = [
     "select_pairs_with_retries",
     "build_pair_boxes",
     "PairBoxes",
+    "size_levels",
+    "soco_levels",
+    "feature_stride",
+    "LevelRule",
 ]
 
 Rect = tuple  # (x0, y0, w, h), a crop window in original-image pixels
@@ -210,3 +215,81 @@ def build_pair_boxes(
     sel_ids = np.asarray(ids, dtype=np.int64)[sel]
     idx_a, idx_b = pad_indices(len(sel), k), pad_indices(len(sel), k)
     return PairBoxes(selection.views, (box_a[idx_a], box_b[idx_b]), (sel_ids[idx_a], sel_ids[idx_b]), False)
+
+
+# --------------------------------------------------------------------------- FPN levels
+
+
+def size_levels(sizes: torch.Tensor, thresholds) -> torch.Tensor:
+    """Level index of each size (sqrt of an area in the view's pixels): the first i
+    with size <= thresholds[i], else len(thresholds) (DetCon-FPN's masks use the
+    same rule: ``soco_d2.data.masks.mask_levels``)."""
+    edges = torch.as_tensor(list(thresholds), dtype=sizes.dtype, device=sizes.device)
+    return torch.bucketize(sizes, edges, right=False)
+
+
+def soco_levels(boxes: torch.Tensor, thresholds) -> torch.Tensor:
+    """Level index (0 = finest input level) of each XYXY box: the first i with
+    sqrt(w * h) <= thresholds[i], else len(thresholds) (docs/methods/soco.md, Scale-aware level assignment)."""
+    sizes = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
+    return size_levels(sizes, thresholds)
+
+
+def feature_stride(name: str) -> int:
+    """Stride of a detectron2 ResNet / FPN output by its name: "res4" -> 16, "p2" -> 4."""
+    digits = name[3:] if name.startswith("res") else name[1:] if name.startswith("p") else ""
+    if not digits.isdigit():
+        raise ValueError(f"cannot tell the stride of feature {name!r}: expected detectron2's 'resN' or 'pN'")
+    return 2 ** int(digits)
+
+
+@dataclass(frozen=True)
+class LevelRule:
+    """Which pooled feature level each box of a view goes to.
+
+    ``kind`` "soco" (the default of SoCo's configs): sqrt(area) in the view's
+    pixels against ``thresholds``; "detectron2": ``assign_boxes_to_levels``
+    (canonical box 224 at level 4, clamped to ``min_level .. max_level``); "single":
+    one pooled level.  Computed on the CPU by the collate, so the model never
+    reads box coordinates back from the device.
+    """
+
+    kind: str = "single"
+    thresholds: tuple[float, ...] = ()
+    min_level: int = 0
+    max_level: int = 0
+    canonical_box_size: int = 224
+    canonical_level: int = 4
+
+    @classmethod
+    def for_features(cls, in_features, assignment: str = "soco", thresholds=(48, 96, 192)) -> "LevelRule":
+        if len(in_features) == 1:
+            return cls()
+        if assignment not in ("soco", "detectron2"):
+            raise ValueError(f"MODEL.SOCO.LEVEL_ASSIGNMENT must be 'soco' or 'detectron2', got {assignment!r}")
+        levels = [int(np.log2(feature_stride(f))) for f in in_features]
+        if levels != list(range(levels[0], levels[0] + len(levels))):
+            raise ValueError(f"pooled features {list(in_features)} must be consecutive levels")
+        if assignment == "soco" and len(thresholds) != len(in_features) - 1:
+            raise ValueError(f"{len(in_features)} pooled levels need {len(in_features) - 1} thresholds, "
+                             f"got {list(thresholds)}")
+        edges = tuple(float(t) for t in thresholds) if assignment == "soco" else ()
+        return cls(assignment, edges, levels[0], levels[-1])
+
+    @property
+    def num_levels(self) -> int:
+        return self.max_level - self.min_level + 1
+
+    def __call__(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(M, 4) XYXY float boxes -> (M,) int64 level index (0 = the finest pooled level)."""
+        boxes = torch.as_tensor(boxes).reshape(-1, 4)
+        if self.kind == "single":
+            return torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+        if self.kind == "soco":
+            return soco_levels(boxes, self.thresholds)
+        from detectron2.modeling.poolers import assign_boxes_to_levels
+        from detectron2.structures import Boxes
+
+        return assign_boxes_to_levels(
+            [Boxes(boxes)], self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+        )

@@ -19,7 +19,9 @@ next image of the dataset instead, under seeds from (seed, position, attempt),
 so that rule keeps holding; the bad files are counted and limited by
 ``soco_d2.data.bad_images.BadImageLog``.
 
-Batches are lists of mapper dicts (detectron2's ``trivial_batch_collator``).
+Batches are made by the mapper's ``collate`` (``soco_d2.data.collate``: stacked
+tensors, pinned when ``pin_memory``), or are lists of mapper dicts
+(detectron2's ``trivial_batch_collator``) for a mapper without one.
 """
 from __future__ import annotations
 
@@ -211,7 +213,7 @@ class PretrainLoader:
 
     def __init__(self, dataset_dicts, mapper, total_batch_size: int, *, seed: int, num_workers: int = 0,
                  start_iter: int = 0, rank: int | None = None, world_size: int | None = None,
-                 max_bad_images: int = -1):
+                 max_bad_images: int = -1, pin_memory: bool = False):
         self.rank = comm.get_rank() if rank is None else rank
         self.world_size = comm.get_world_size() if world_size is None else world_size
         if total_batch_size % self.world_size:
@@ -220,6 +222,7 @@ class PretrainLoader:
         self.total_batch_size = total_batch_size
         self.batch_size = total_batch_size // self.world_size
         self.num_workers = num_workers
+        self.pin_memory = bool(pin_memory)
         self.start_iter = start_iter
         self._dicts = DatasetFromList(list(dataset_dicts), copy=True, serialize=True)
         self._mapper = mapper
@@ -248,7 +251,8 @@ class PretrainLoader:
             self.dataset(with_reports=True),
             batch_sampler=RankBatchSampler(self.stream, start_iter, self.rank, self.world_size),
             num_workers=self.num_workers,
-            collate_fn=_CollateWithReports(trivial_batch_collator),
+            collate_fn=_CollateWithReports(getattr(self._mapper, "collate", trivial_batch_collator)),
+            pin_memory=self.pin_memory,
             # workers' base seed; samples are reseeded per position anyway.  Passing a
             # generator keeps the DataLoader from drawing on the global torch RNG.
             generator=torch.Generator().manual_seed(self.seed & 0x7FFFFFFFFFFFFFFF),
@@ -297,6 +301,7 @@ def build_pretrain_train_loader(cfg, mapper=None, start_iter: int = 0, dataset_d
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         start_iter=start_iter,
         max_bad_images=cfg.DATALOADER.MAX_BAD_IMAGES,
+        pin_memory=str(cfg.MODEL.DEVICE).startswith("cuda"),  # the model copies batches with non_blocking
     )
     logger.info("pretraining data: %s, %d images, %d iterations per epoch at %d images per batch",
                 ", ".join(cfg.DATASETS.TRAIN), loader.stream.num_samples, loader.iters_per_epoch,

@@ -163,18 +163,17 @@ def _infonce_from_logits(positive: torch.Tensor, negative: torch.Tensor, tempera
     return F.cross_entropy(logits, labels)
 
 
-def densecl_global_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
-    """MoCo-v2's InfoNCE: q (N, D) queries, k (N, D) keys (positives, detached),
-    queue (D, K) negatives (unit columns, as ``FeatureQueue`` stores them; used as
-    given).  -log softmax of q.k / T against q.queue / T, mean over the N rows."""
+def infonce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """MoCo-v2's InfoNCE, also DenseCL's global loss: q (N, D) queries, k (N, D) keys
+    (positives, detached), queue (D, K) negatives (unit columns, as ``FeatureQueue``
+    stores them; used as given).  -log softmax of q.k / T against q.queue / T, mean
+    over the N rows."""
     q = F.normalize(q, dim=1)
     k = F.normalize(k.detach(), dim=1)
     positive = (q * k).sum(dim=1, keepdim=True)
     negative = q @ queue.detach()
     return _infonce_from_logits(positive, negative, temperature)
 
-
-infonce_loss = densecl_global_loss  # MoCo-v2's name for the same loss
 
 
 @torch.no_grad()

@@ -33,6 +33,10 @@ class FeatureQueue(nn.Module):
     def filled(self) -> float:
         return min(int(self.num_enqueued), self.size) / self.size
 
+    def filled_tensor(self) -> torch.Tensor:
+        """``filled`` as a 0-d tensor on the queue's device (for logging without a device read)."""
+        return self.num_enqueued.clamp(max=self.size).float() / self.size
+
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Write (N, dim) keys at the pointer (oldest first) and advance it."""

@@ -1,5 +1,5 @@
 """What every multi-view mapper shares: view specs, crop windows, per-view
-geometry (detectron2 transforms), colour pipelines, image reading and the
+geometry (detectron2 transforms), colour parameters, image reading and the
 lazily opened proposal / mask cache."""
 from __future__ import annotations
 
@@ -12,14 +12,38 @@ import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from PIL import Image
 
-from ...imageio import ImageSkip, read_rgb
-from ..augment import ColorPipeline, ViewResize, crop_resize_transform, image_to_tensor, interpolation, sample_crop_rect
+from ...imageio import EncodedImage, ImageSkip
+from ..augment import (
+    ColorPipeline,
+    ViewResize,
+    crop_resize_transform,
+    hwc_to_chw,
+    interpolation,
+    nearest_index,
+    render_views,
+    sample_crop_rect,
+)
+from ..collate import collate_views
+from ..decode import EncodedViews, draft_reduction
+from ..photometric import PhotometricBatch, ViewPhotometry, apply_photometry
 
-__all__ = ["ViewSpec", "parse_views", "per_view", "pixel_mean_rgb", "LazyCache", "MultiViewMapper", "ViewGeometry"]
+__all__ = [
+    "ViewSpec",
+    "parse_views",
+    "per_view",
+    "pixel_mean_rgb",
+    "photometric_placement",
+    "LazyCache",
+    "MultiViewMapper",
+    "ViewGeometry",
+]
+
+logger = logging.getLogger(__name__)
 
 MISSING_POLICIES = ("error", "whole_image")
+PHOTOMETRIC_PLACES = ("auto", "model", "mapper")
+DECODE_PLACES = ("mapper", "device")
 
 
 @dataclass(frozen=True)
@@ -158,10 +182,12 @@ class ViewGeometry:
 
 
 class MultiViewMapper:
-    """Views from a dataset dict: crops, resizes, flips and colours, one spec per view.
+    """Views from a dataset dict: crops, resizes and flips (here), colour
+    parameters (drawn here, applied where ``photometric_on`` says), one spec per view.
 
-    Subclasses add what their method carries between views (boxes, masks).
-    Randomness: ``np.random`` for geometry, torch for colour (seeded per sample by the loader).
+    Subclasses add what their method carries between views (boxes, masks) and
+    their ``collate``.  Randomness: ``np.random`` for geometry, torch for colour
+    (seeded per sample by the loader).  Each image is read and decoded once.
     """
 
     def __init__(
@@ -175,10 +201,26 @@ class MultiViewMapper:
         interp: str = "bilinear",
         flip_prob: float = 0.5,
         color: list[ColorPipeline],
-        is_train: bool = True,
+        photometric_on: str = "mapper",
+        pixel_mean=(123.675, 116.28, 103.53),
+        jpeg_draft: bool = False,
+        decode_on: str = "mapper",
     ):
+        """
+        Args:
+            photometric_on: "mapper" (views leave as float32 RGB 0..255 with the colour
+                ops applied) or "model" (uint8 views plus their ``ViewPhotometry``).
+            pixel_mean: RGB, the cutout fill of views coloured here.
+            jpeg_draft: decode JPEGs at 1/2, 1/4 or 1/8 size when every view still
+                downsamples its crop (``soco_d2.data.decode``).
+            decode_on: "mapper" (decode and render here) or "device" (send the file's
+                bytes and the views' geometry; the model decodes JPEGs with
+                ``torchvision.io.decode_jpeg`` on its device and renders the views).
+        """
         if len(color) != len(views):
             raise ValueError(f"{len(views)} views but {len(color)} colour pipelines")
+        if photometric_on not in ("model", "mapper"):
+            raise ValueError(f"photometric_on must be 'model' or 'mapper', got {photometric_on!r}")
         self.views = list(views)
         self.crop_scale = tuple(float(s) for s in crop_scale)
         self.crop_ratio = tuple(float(r) for r in crop_ratio)
@@ -187,7 +229,15 @@ class MultiViewMapper:
         self.interp = interpolation(interp)
         self.flip_prob = float(flip_prob)
         self.color = list(color)
-        self.is_train = is_train
+        self.photometric_on = photometric_on
+        self.pixel_mean = tuple(float(m) for m in pixel_mean)
+        self.jpeg_draft = bool(jpeg_draft)
+        if decode_on not in DECODE_PLACES:
+            raise ValueError(f"INPUT.SSL.DECODE_ON must be one of {DECODE_PLACES}, got {decode_on!r}")
+        if decode_on == "device" and photometric_on != "model":
+            raise ValueError("INPUT.SSL.DECODE_ON 'device' needs the colour ops on the device too: "
+                             "set INPUT.SSL.PHOTOMETRIC_ON model")
+        self.decode_on = decode_on
 
     @classmethod
     def base_kwargs(cls, cfg) -> dict:
@@ -216,6 +266,10 @@ class MultiViewMapper:
             "interp": s.INTERPOLATION,
             "flip_prob": s.FLIP_PROB,
             "color": color,
+            "photometric_on": photometric_placement(cfg),
+            "pixel_mean": pixel_mean_rgb(cfg),
+            "jpeg_draft": s.JPEG_DRAFT,
+            "decode_on": str(s.DECODE_ON).strip().lower(),
         }
 
     # ------------------------------------------------------------ geometry
@@ -251,31 +305,103 @@ class MultiViewMapper:
             out.append(ViewGeometry(spec, tuple(rects[v]), bool(flips[v]), base, full))
         return out
 
-    def render(self, image: np.ndarray, geoms: list[ViewGeometry]) -> list[np.ndarray]:
-        """uint8 view images: crop + resize (a downsampled view resizes its source
-        view's image before that one's flip, SoCo*'s V4), then flip."""
-        unflipped = []
-        for geom in geoms:
-            spec = geom.spec
-            if spec.kind == "downsample":
-                src = unflipped[spec.source]
-                unflipped.append(geom.base.transforms[-1].apply_image(src))
-            else:
-                unflipped.append(np.ascontiguousarray(geom.base.apply_image(image)))
-        return [np.ascontiguousarray(img[:, ::-1]) if g.flip else img for img, g in zip(unflipped, geoms)]
+    def render(self, image: np.ndarray, geoms: list[ViewGeometry], height: int | None = None,
+               width: int | None = None) -> list[torch.Tensor]:
+        """uint8 (3, S, S) view images: crop + resize (a downsampled view resizes its
+        source view's image before that one's flip, SoCo*'s V4), then flip
+        (``soco_d2.data.augment.render_views``; ``image`` may be a reduced decode of the
+        ``height x width`` image the windows were drawn on)."""
+        return render_views(hwc_to_chw(image), *self._view_geometry(geoms), self.interp, height, width)
 
-    def colorize(self, images: list[np.ndarray]) -> list[torch.Tensor]:
-        """Each view's colour pipeline, then float32 (3, S, S) in 0..255."""
-        return [image_to_tensor(pipe(Image.fromarray(img))) for img, pipe in zip(images, self.color)]
+    @staticmethod
+    def _view_geometry(geoms: list[ViewGeometry]):
+        return ([g.rect for g in geoms], [g.flip for g in geoms], [g.spec.size for g in geoms],
+                [g.spec.source if g.spec.kind == "downsample" else None for g in geoms])
+
+    def make_views(self, image: EncodedImage, geoms: list[ViewGeometry]):
+        """The views (``render`` of the one decode), or with ``decode_on`` "device" an
+        ``EncodedViews`` the model decodes and renders."""
+        if self.decode_on == "device":
+            return EncodedViews.of(image, *self._view_geometry(geoms), self.interp)
+        return self.render(self.decode(image, geoms), geoms, image.height, image.width)
+
+    def render_label_maps(self, label: np.ndarray, geoms: list[ViewGeometry], height: int,
+                          width: int) -> list[np.ndarray]:
+        """Each view's label map: ``label`` (stretched over the ``height x width`` image by
+        nearest resampling, at whatever resolution it is stored) cropped, nearest-resized
+        and flipped with the view.  The same pixels as ``geom.transforms.apply_segmentation``
+        of the map resized to the image, from composed pixel indices, without making
+        that full-resolution map."""
+        to_label_rows, to_label_cols = nearest_index(label.shape[0], height), nearest_index(label.shape[1], width)
+        unflipped, maps = [], []
+        for geom in geoms:
+            size = geom.spec.size
+            if geom.spec.kind == "downsample":
+                src_rows, src_cols = unflipped[geom.spec.source]
+                rows, cols = src_rows[nearest_index(len(src_rows), size)], src_cols[nearest_index(len(src_cols), size)]
+            else:
+                x0, y0, w, h = geom.rect
+                rows, cols = y0 + nearest_index(h, size), x0 + nearest_index(w, size)
+            unflipped.append((rows, cols))
+            cols = cols[::-1] if geom.flip else cols
+            maps.append(label[to_label_rows[rows][:, None], to_label_cols[cols][None, :]])
+        return maps
+
+    # ------------------------------------------------------------ colour
+    def sample_photometry(self) -> list[ViewPhotometry]:
+        """Each view's colour parameters (torch RNG), in view order."""
+        return [pipe.sample() for pipe in self.color]
+
+    def finish_views(self, views: list[torch.Tensor], photometry: list[ViewPhotometry]) -> dict:
+        """The views as they leave the mapper: uint8 + parameters ("model"), or float32
+        0..255 with the colour ops (and cutout, filled with the mean) applied ("mapper")."""
+        if isinstance(views, EncodedViews):
+            return {"encoded": views, "photometric": photometry}
+        if self.photometric_on == "model":
+            return {"views": views, "photometric": photometry}
+        coloured = [
+            apply_photometry(view[None], PhotometricBatch.from_views([ops]), self.pixel_mean, (1.0, 1.0, 1.0),
+                             normalize=False)[0]
+            for view, ops in zip(views, photometry)
+        ]
+        return {"views": coloured}
 
     # ---------------------------------------------------------------- io
-    def read_image(self, dataset_dict: dict) -> tuple[dict, np.ndarray]:
-        """(shallow copy of the dict, uint8 HWC RGB image).  Views are always RGB,
-        whatever INPUT.FORMAT says (the SSL models normalise RGB; see ``pixel_mean_rgb``)."""
+    def open_image(self, dataset_dict: dict) -> tuple[dict, EncodedImage]:
+        """(shallow copy of the dict, the image file read but not decoded; its size is
+        checked against the dict's)."""
         dataset_dict = copy.copy(dataset_dict)
-        image = read_rgb(dataset_dict["file_name"])  # the precompute's reader; raises ImageSkip for a bad file
-        utils.check_image_size(dataset_dict, image)
+        image = EncodedImage.read(dataset_dict["file_name"])  # the precompute's reader; raises ImageSkip for a bad file
+        # detectron2's size check (and its filling of missing height / width), before any decoding
+        utils.check_image_size(dataset_dict, np.empty((image.height, image.width, 0), dtype=np.uint8))
         return dataset_dict, image
+
+    def decode(self, image: EncodedImage, geoms: list[ViewGeometry]) -> np.ndarray:
+        """uint8 (H, W, 3) RGB, the one decode of the sample.  Views are always RGB,
+        whatever INPUT.FORMAT says (the SSL models normalise RGB; see ``pixel_mean_rgb``)."""
+        reduction = 1
+        if self.jpeg_draft:
+            crops = [min(g.rect[2], g.rect[3]) for g in geoms if g.spec.kind != "downsample"]
+            reduction = draft_reduction(crops, [g.spec.size for g in geoms if g.spec.kind != "downsample"])
+        return image.decode(reduction)
+
+    def collate(self, samples: list[dict]) -> dict:
+        """This mapper's samples -> one batch (``soco_d2.data.collate``)."""
+        return collate_views(samples)
+
+
+def photometric_placement(cfg) -> str:
+    """``INPUT.SSL.PHOTOMETRIC_ON`` resolved: "auto" is "model" when the model trains on
+    CUDA (the device applies colour ops far faster than the workers) and "mapper" otherwise."""
+    value = str(cfg.INPUT.SSL.PHOTOMETRIC_ON).strip().lower()
+    if value not in PHOTOMETRIC_PLACES:
+        raise ValueError(f"INPUT.SSL.PHOTOMETRIC_ON must be one of {PHOTOMETRIC_PLACES}, got {value!r}")
+    if value == "auto":
+        value = "model" if str(cfg.MODEL.DEVICE).startswith("cuda") else "mapper"
+        logger.info("INPUT.SSL.PHOTOMETRIC_ON auto -> %s (MODEL.DEVICE %s)", value, cfg.MODEL.DEVICE)
+    else:
+        logger.info("INPUT.SSL.PHOTOMETRIC_ON %s", value)
+    return value
 
 
 def pixel_mean_rgb(cfg) -> tuple[float, float, float]:

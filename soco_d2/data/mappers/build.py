@@ -5,13 +5,13 @@ from detectron2.utils.registry import Registry
 
 SSL_MAPPER_REGISTRY = Registry("SSL_MAPPER")
 SSL_MAPPER_REGISTRY.__doc__ = """
-Registry of self-supervised pretraining mappers (``SoCoMapper``, ``TwoViewMapper``,
+Registry of self-supervised pretraining mappers (``SoCoMapper``, ``ImageLevelMapper``,
 ``DetConMapper``).  Each is a callable ``mapper(dataset_dict) -> dict`` built as
-``Mapper(cfg, is_train=True)`` (``@configurable``); the output format is in
-``soco_d2.data.mappers``' docstring.
+``Mapper(cfg)`` (``@configurable``), with a ``collate(list of outputs) -> batch``;
+the formats are in ``soco_d2.data.mappers``' and ``soco_d2.data.collate``'s docstrings.
 """
 
 
-def build_ssl_mapper(cfg, is_train: bool = True):
+def build_ssl_mapper(cfg):
     """The mapper named by ``cfg.INPUT.SSL.MAPPER``, built from ``cfg``."""
-    return SSL_MAPPER_REGISTRY.get(cfg.INPUT.SSL.MAPPER)(cfg, is_train=is_train)
+    return SSL_MAPPER_REGISTRY.get(cfg.INPUT.SSL.MAPPER)(cfg)

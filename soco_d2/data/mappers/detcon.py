@@ -6,7 +6,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures.masks import polygons_to_bitmask
 
-from ..augment import ViewResize
+from ..collate import collate_detcon
+from ..masks import MaskGrids
 from .base import LazyCache, MultiViewMapper
 from .build import SSL_MAPPER_REGISTRY
 
@@ -61,14 +62,17 @@ def instances_label_map(annotations, height: int, width: int) -> np.ndarray:
 
 def compact_ids(maps: list[np.ndarray]) -> list[np.ndarray]:
     """Renumber the ids present in any of the maps to 0..n-1 (same old id -> same new id
-    in every map, order kept)."""
-    flat = np.concatenate([m.ravel() for m in maps])
-    _, inverse = np.unique(flat, return_inverse=True)
-    out, start = [], 0
-    for m in maps:
-        out.append(inverse[start : start + m.size].reshape(m.shape).astype(np.int64))
-        start += m.size
-    return out
+    in every map, order kept); int32."""
+    low = min(int(m.min()) for m in maps)
+    high = max(int(m.max()) for m in maps)
+    if low < 0 or high >= 1 << 24:  # sparse or negative ids: sort them
+        flat = np.concatenate([m.ravel() for m in maps])
+        _, inverse = np.unique(flat, return_inverse=True)
+        sizes = np.cumsum([0] + [m.size for m in maps])
+        return [inverse[a:b].reshape(m.shape).astype(np.int32) for a, b, m in zip(sizes[:-1], sizes[1:], maps)]
+    present = sum(np.bincount(m.ravel(), minlength=high + 1) for m in maps) > 0
+    new_id = (np.cumsum(present) - 1).astype(np.int32)  # a lookup table: linear time, no sort
+    return [new_id[m] for m in maps]
 
 
 @SSL_MAPPER_REGISTRY.register()
@@ -85,10 +89,14 @@ class DetConMapper(MultiViewMapper):
     ["crop", "crop"]``, ``CROP_SCALE (0.08, 1)``, ``CROP_ATTEMPTS 1`` with
     ``CROP_FALLBACK "clip"``, ``INTERPOLATION "bicubic"``, BYOL colours.
 
-    Output: ``{"image_id", "views", "masks": [int64 (S, S) per view]}``; ids
-    are compacted to 0..n-1 over the ids present in any view, so the same id
-    is the same segment in every view of the image.  A missing cache entry with
-    ``PROPOSALS.MISSING whole_image`` gives one segment.
+    Output: ``{"image_id", "views"[, "photometric"], "masks": [int32 (S, S) per
+    view], "mask_layout": [soco_d2.data.masks.ViewMasks per view]}``; ids are
+    compacted to 0..n-1 over the ids present in any view, so the same id is the
+    same segment in every view of the image.  ``mask_layout`` is what the model
+    pools (``MaskGrids``: majority-vote owners on each pooled level's grid,
+    ``MODEL.DETCON.NUM_MASKS`` ids sampled per view among those owning a cell,
+    with replacement, each slot's level); the collate keeps only it.  A missing
+    cache entry with ``PROPOSALS.MISSING whole_image`` gives one segment.
 
     Deviation from the official code: colour ops follow torchvision/PIL
     semantics (multiplicative brightness, PIL blur radius) rather than the
@@ -97,14 +105,18 @@ class DetConMapper(MultiViewMapper):
     """
 
     @configurable
-    def __init__(self, *, mask_source: str = "fh", mask_cache=None, grid_size: int = 5, missing: str = "error", **kwargs):
+    def __init__(self, *, mask_source: str = "fh", mask_cache=None, grid_size: int = 5, missing: str = "error",
+                 grids: MaskGrids | None = None, **kwargs):
         """
         Args:
             mask_source: "fh", "grid" or "gt".
             mask_cache: for "fh": path of a mask ``ProposalCache`` (opened lazily,
                 once per process) or a mapping ``{image_id: (H', W') int label map}``.
+            grids: the pooled feature grids and mask sampling (the model's
+                ``MODEL.DETCON`` settings); default: C5 (stride 32), 16 masks.
         """
         super().__init__(**kwargs)
+        self.grids = grids or MaskGrids(["res5"])
         if mask_source not in MASK_SOURCES:
             raise ValueError(f"MODEL.DETCON.MASK_SOURCE must be one of {MASK_SOURCES}, got {mask_source!r}")
         self.mask_source = mask_source
@@ -112,19 +124,22 @@ class DetConMapper(MultiViewMapper):
         self.grid_size = int(grid_size)
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True):
+    def from_config(cls, cfg):
         kwargs = cls.base_kwargs(cfg)
+        detcon = cfg.MODEL.DETCON
         kwargs.update(
-            mask_source=cfg.MODEL.DETCON.MASK_SOURCE,
+            mask_source=detcon.MASK_SOURCE,
             mask_cache=cfg.PROPOSALS.MASK_CACHE,
-            grid_size=cfg.MODEL.DETCON.GRID_SIZE,
+            grid_size=detcon.GRID_SIZE,
             missing=cfg.PROPOSALS.MISSING,
-            is_train=is_train,
+            grids=MaskGrids(detcon.IN_FEATURES, detcon.LEVEL_THRESHOLDS, detcon.NUM_MASKS),
         )
         return kwargs
 
     def label_map(self, dataset_dict: dict, height: int, width: int) -> np.ndarray:
-        """The image's segment-id map at the image's resolution (int32)."""
+        """The image's segment-id map (int32, or the cache's unsigned dtype), at the image's
+        resolution or, for a cache map stored smaller, at its own (it covers the whole
+        image; views sample it)."""
         if self.mask_source == "grid":
             return grid_label_map(height, width, self.grid_size)
         if self.mask_source == "gt":
@@ -142,20 +157,25 @@ class DetConMapper(MultiViewMapper):
             label = label[0]
         if label.ndim != 2:
             raise ValueError(f"mask of {dataset_dict['image_id']!r} has shape {label.shape}, expected (H, W)")
-        label = label.astype(np.int32, copy=False)
-        if label.shape != (height, width):
-            label = ViewResize(label.shape[0], label.shape[1], height, width).apply_segmentation(label)
-        return label
+        if label.dtype.kind == "u" and label.dtype.itemsize <= 4:
+            return label  # the cache's uint16 maps: no copy
+        return label.astype(np.int32, copy=False)
 
     def __call__(self, dataset_dict: dict) -> dict:
-        dataset_dict, image = self.read_image(dataset_dict)
-        height, width = image.shape[:2]
+        dataset_dict, image = self.open_image(dataset_dict)
+        height, width = image.height, image.width
         label = self.label_map(dataset_dict, height, width)
         geoms = self.geometry(self.sample_rects(height, width), self.sample_flips(), height, width)
-        views = self.colorize(self.render(image, geoms))
-        masks = compact_ids([np.ascontiguousarray(g.transforms.apply_segmentation(label)) for g in geoms])
+        views = self.make_views(image, geoms)
+        photometry = self.sample_photometry()
+        masks = compact_ids(self.render_label_maps(label, geoms, height, width))
+        num_ids = int(max(m.max() for m in masks)) + 1
         return {
             "image_id": str(dataset_dict["image_id"]),
-            "views": views,
+            **self.finish_views(views, photometry),
             "masks": [torch.from_numpy(m) for m in masks],
+            "mask_layout": [self.grids.layout(m, num_ids) for m in masks],
         }
+
+    def collate(self, samples: list[dict]) -> dict:
+        return collate_detcon(samples)

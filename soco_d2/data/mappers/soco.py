@@ -4,10 +4,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from detectron2.config import configurable
+from detectron2.data import transforms as T
 
-from ..augment import cutout_in_boxes
-from ..boxes import build_pair_boxes, sanitize_proposals, select_pairs_with_retries
-from .base import LazyCache, MultiViewMapper, ViewGeometry, pixel_mean_rgb
+from ..augment import sample_cutout_squares
+from ..boxes import LevelRule, build_pair_boxes, sanitize_proposals, select_pairs_with_retries
+from ..collate import collate_soco
+from .base import LazyCache, MultiViewMapper, ViewGeometry
 from .build import SSL_MAPPER_REGISTRY
 
 __all__ = ["SoCoMapper", "boxes_to_view"]
@@ -15,8 +17,22 @@ __all__ = ["SoCoMapper", "boxes_to_view"]
 
 def boxes_to_view(boxes: np.ndarray, geom: ViewGeometry) -> np.ndarray:
     """Original-image boxes (already clipped to the view's window) -> the view's
-    final pixel frame (crop, resize(s), flip), clipped to [0, S]; float32 (K, 4)."""
-    out = geom.transforms.apply_box(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    final pixel frame (crop, resize(s), flip), clipped to [0, S]; float32 (K, 4).
+
+    The view's own detectron2 transforms move the boxes; crops, resizes and flips
+    keep boxes axis-aligned, so their coordinate maps are applied to the corners
+    directly (the arithmetic of their ``apply_coords``, a fraction of ``apply_box``'s
+    cost); any other transform goes through ``apply_box``."""
+    out = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    for t in geom.transforms.transforms:
+        if isinstance(t, T.CropTransform):
+            out -= (t.x0, t.y0, t.x0, t.y0)
+        elif isinstance(t, T.ResizeTransform):
+            out *= (t.new_w * 1.0 / t.w, t.new_h * 1.0 / t.h, t.new_w * 1.0 / t.w, t.new_h * 1.0 / t.h)
+        elif isinstance(t, T.HFlipTransform):
+            out = np.stack([t.width - out[:, 2], out[:, 1], t.width - out[:, 0], out[:, 3]], axis=1)
+        else:
+            out = t.apply_box(out)
     return np.clip(out, 0.0, float(geom.spec.size)).astype(np.float32)
 
 
@@ -38,11 +54,13 @@ class SoCoMapper(MultiViewMapper):
     views with id 1.  A "downsample:J" view reuses pair (0, J)'s boxes, ids and
     view-0 set (same jitter).  Then the views are flipped (p 0.5 each; view 0's
     box sets flip with view 0), coloured (per-view BYOL recipe) and cut out
-    inside their boxes (``INPUT.SSL.CUTOUT_VIEWS``).
+    inside their boxes (``INPUT.SSL.CUTOUT_VIEWS``; the squares are drawn here and
+    filled with the colour ops).  ``collate`` assigns every box its pooled level
+    (``level_rule``, from ``MODEL.SOCO``).
 
-    Output: ``{"image_id", "views": [float32 (3, S, S) RGB 0..255], "pairs":
-    [{"views": (0, j), "boxes": (Tensor(K, 4), Tensor(K, 4)), "ids": (Tensor(K,)
-    int64, Tensor(K,) int64)}]}``, boxes XYXY in each side's final view pixels.
+    Output: ``{"image_id", "views"[, "photometric"], "pairs": [{"views": (0, j),
+    "boxes": (Tensor(K, 4), Tensor(K, 4)), "ids": (Tensor(K,) int64, Tensor(K,)
+    int64)}]}``, boxes XYXY float32 in each side's final view pixels.
 
     Deviations from the official code, on purpose: continuous box coordinates
     instead of inclusive integer corners (``soco_d2.data.boxes``); boxes are
@@ -66,13 +84,15 @@ class SoCoMapper(MultiViewMapper):
         cutout_views=(),
         cutout_prob: float = 0.5,
         cutout_ratio=(0.1, 0.3),
-        pixel_mean=(123.675, 116.28, 103.53),
+        level_rule: LevelRule | None = None,
         **kwargs,
     ):
         """
         Args:
             box_source: path of a ``ProposalCache`` (opened lazily, once per
                 process) or a mapping ``{image_id: float32 (N, 4) XYXY boxes}``.
+            level_rule: the pooled level of a box (the model's ``MODEL.SOCO``
+                settings); default: one level.
             kwargs: the view/augmentation arguments of :class:`MultiViewMapper`.
         """
         super().__init__(**kwargs)
@@ -93,14 +113,14 @@ class SoCoMapper(MultiViewMapper):
         if any(not 0 <= v < len(self.views) for v in self.cutout_views):
             raise ValueError(f"INPUT.SSL.CUTOUT_VIEWS {self.cutout_views} names a view that does not exist")
         self.cutout_prob, self.cutout_ratio = float(cutout_prob), tuple(float(r) for r in cutout_ratio)
-        self.pixel_mean = tuple(float(m) for m in pixel_mean)
+        self.level_rule = level_rule or LevelRule()
         # pairs that draw their own proposals; a downsampled view borrows its source's pair
         self.primary_pairs = [(0, j) for j, s in enumerate(self.views) if j > 0 and s.kind != "downsample"]
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True):
+    def from_config(cls, cfg):
         kwargs = cls.base_kwargs(cfg)
-        p, s = cfg.PROPOSALS, cfg.INPUT.SSL
+        p, s, soco = cfg.PROPOSALS, cfg.INPUT.SSL, cfg.MODEL.SOCO
         kwargs.update(
             box_source=p.BOX_CACHE,
             num_per_view=p.NUM_PER_VIEW,
@@ -111,8 +131,7 @@ class SoCoMapper(MultiViewMapper):
             cutout_views=list(s.CUTOUT_VIEWS),
             cutout_prob=s.CUTOUT_PROB,
             cutout_ratio=tuple(s.CUTOUT_RATIO),
-            pixel_mean=pixel_mean_rgb(cfg),
-            is_train=is_train,
+            level_rule=LevelRule.for_features(soco.IN_FEATURES, soco.LEVEL_ASSIGNMENT, soco.LEVEL_THRESHOLDS),
         )
         return kwargs
 
@@ -121,8 +140,8 @@ class SoCoMapper(MultiViewMapper):
         return spec.source if spec.kind == "downsample" else j
 
     def __call__(self, dataset_dict: dict) -> dict:
-        dataset_dict, image = self.read_image(dataset_dict)
-        height, width = image.shape[:2]
+        dataset_dict, image = self.open_image(dataset_dict)
+        height, width = image.height, image.width
         image_id = str(dataset_dict["image_id"])
 
         proposals = self.boxes.lookup(image_id, (height, width))
@@ -140,7 +159,8 @@ class SoCoMapper(MultiViewMapper):
         }
 
         geoms = self.geometry(rects, self.sample_flips(), height, width)
-        views = self.colorize(self.render(image, geoms))
+        views = self.make_views(image, geoms)
+        photometry = self.sample_photometry()
 
         pairs, per_view_boxes = [], {v: [] for v in range(len(self.views))}
         for j in range(1, len(self.views)):
@@ -156,6 +176,11 @@ class SoCoMapper(MultiViewMapper):
                 }
             )
         for v in self.cutout_views:
-            boxes = np.concatenate(per_view_boxes[v])
-            cutout_in_boxes(views[v], boxes, self.cutout_prob, self.cutout_ratio, self.pixel_mean)
-        return {"image_id": image_id, "views": views, "pairs": pairs}
+            size = self.views[v].size
+            photometry[v].cutout = sample_cutout_squares(
+                np.concatenate(per_view_boxes[v]), size, size, self.cutout_prob, self.cutout_ratio
+            )
+        return {"image_id": image_id, **self.finish_views(views, photometry), "pairs": pairs}
+
+    def collate(self, samples: list[dict]) -> dict:
+        return collate_soco(samples, self.level_rule)

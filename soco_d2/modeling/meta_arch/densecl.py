@@ -98,10 +98,10 @@ class DenseCL(MoCoV2):
         super().enqueue(key)
         self.dense_queue.enqueue(all_gather_no_grad(F.normalize(key["dense_pooled"], dim=1)))
 
-    def losses(self, batched_inputs):
+    def losses(self, batch):
         storage = get_event_storage()
-        query = self.encode_query(self.view_images(batched_inputs, 0))
-        key = self.encode_key(self.view_images(batched_inputs, 1))
+        query = self.encode_query(self.view_images(batch, 0))
+        key = self.encode_key(self.view_images(batch, 1))
         loss_global = self.global_loss(query, key)
         loss_dense = densecl_dense_loss(
             query["dense"], key["dense"], query["feat"], key["feat"], self.dense_queue.queue.clone(), self.temperature
@@ -109,5 +109,5 @@ class DenseCL(MoCoV2):
         self.log_queue_state()
         self.enqueue(key)
         weight = self.dense_weight(storage.iter)
-        storage.put_scalar("densecl/lambda", weight, smoothing_hint=False)
+        self.put_metrics(**{"densecl/lambda": weight})
         return {"loss_contra_single": (1.0 - weight) * loss_global, "loss_contra_dense": weight * loss_dense}

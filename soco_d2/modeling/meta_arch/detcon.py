@@ -11,6 +11,8 @@ Per view: the segment-id map is downsampled to the feature grid by majority
 vote, 16 ids are sampled among those present (shared by online and target),
 each is mask-pooled, projected (and predicted), and ``detcon_loss`` contrasts
 them against every mask of both views of every image of the global batch.
+The downsampling and the sampling happen in the mapper, on the CPU
+(``soco_d2.data.masks.MaskGrids``, built from the same ``MODEL.DETCON`` keys).
 
 Pooled features (``MODEL.DETCON.IN_FEATURES``):
 
@@ -31,13 +33,15 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
+
+from soco_d2.data.collate import collate_detcon
+from soco_d2.data.masks import MaskGrids
 
 from ..encoder import build_encoder, shared_channels
 from ..gather import all_gather_no_grad, all_gather_with_grad
 from ..heads import build_predictor, build_projector
 from ..losses import detcon_loss_terms
-from ..mask_pooling import majority_vote_ids, mask_levels, mask_pool, present_ids, sample_mask_ids
+from ..mask_pooling import pool_masks
 from .base import SSLMetaArch
 
 VARIANTS = ("B", "S")
@@ -79,20 +83,23 @@ class DetCon(SSLMetaArch):
         local_negatives: bool = True,
         pixel_mean,
         pixel_std,
+        **metrics,
     ):
-        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std)
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, **metrics)
         if variant not in VARIANTS:
             raise ValueError(f"MODEL.DETCON.VARIANT must be one of {VARIANTS}, got {variant!r}")
         if variant == "B" and predictor is None:
             raise ValueError("DetCon-B needs a predictor (MODEL.SSL.PRED_HIDDEN_DIM > 0)")
-        if len(in_features) > 1 and len(level_thresholds) != len(in_features) - 1:
-            raise ValueError(f"{len(in_features)} pooled levels need {len(in_features) - 1} "
-                             f"MODEL.DETCON.LEVEL_THRESHOLDS, got {list(level_thresholds)}")
         self.backbone = backbone
         self.in_features = list(in_features)
-        self.level_thresholds = tuple(float(t) for t in level_thresholds) if len(in_features) > 1 else ()
+        # the mapper's grids (MaskGrids) read strides from the feature names: they must be the backbone's
+        self.grids = MaskGrids(self.in_features, level_thresholds, num_masks)
         shapes = backbone.output_shape()
         self.strides = [shapes[f].stride for f in self.in_features]
+        if self.strides != self.grids.strides:
+            raise ValueError(f"MODEL.DETCON.IN_FEATURES {self.in_features} have strides {self.strides}, "
+                             f"not the {self.grids.strides} their names say")
+        self.level_thresholds = self.grids.thresholds
         self.projector = projector
         self.predictor = predictor if variant == "B" else None
         self.variant = variant
@@ -119,34 +126,28 @@ class DetCon(SSLMetaArch):
             "local_negatives": detcon.LOCAL_NEGATIVES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            **cls.metrics_kwargs(cfg),
         }
 
-    # ------------------------------------------------------------------ masks
-    def mask_layout(self, id_maps: torch.Tensor, features: dict[str, torch.Tensor]):
-        """Per level the (B, h, w) majority-vote owners, the (B, n) level of every id,
-        and the (B, n) ids that can be sampled (owning a cell of their level's grid)."""
-        num_ids = int(id_maps.max()) + 1
-        owners = [
-            majority_vote_ids(id_maps, features[f].shape[-2:], stride) for f, stride in zip(self.in_features, self.strides)
-        ]
-        if len(owners) == 1:
-            levels = torch.zeros(id_maps.shape[0], num_ids, dtype=torch.long, device=id_maps.device)
-        else:
-            levels = mask_levels(id_maps, num_ids, self.level_thresholds)
-        present = torch.stack([present_ids(o, num_ids) for o in owners])  # (L, B, n)
-        if len(owners) > 1:  # an id owning no cell of its level's grid: the finest level where it owns one
-            at_level = present.gather(0, levels[None]).squeeze(0)
-            levels = torch.where(at_level, levels, present.long().argmax(dim=0))
-        return owners, levels, present.any(dim=0)
+    def collate(self, samples):
+        return collate_detcon(samples)
 
-    def pool(self, features: dict[str, torch.Tensor], owners, levels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------ masks
+    def check_masks(self, masks: dict, view_size: tuple[int, int]) -> None:
+        """The mapper's grids must be the model's (shapes only: nothing is read from the device)."""
+        if len(masks["owners"]) != len(self.in_features) or masks["ids"].shape[1] != self.num_masks:
+            raise ValueError(f"the batch's masks are laid out for {len(masks['owners'])} levels and "
+                             f"{masks['ids'].shape[1]} masks; the model pools {len(self.in_features)} levels and "
+                             f"{self.num_masks} masks: build the mapper from the model's config")
+        for level, owners in enumerate(masks["owners"]):
+            expected = self.grids.grid(view_size[0], view_size[1], level)
+            if tuple(owners.shape[1:]) != expected:
+                raise ValueError(f"mask grid {tuple(owners.shape[1:])} on {self.in_features[level]}, expected "
+                                 f"{expected} for {view_size[0]}x{view_size[1]} views")
+
+    def pool(self, features: dict[str, torch.Tensor], masks: dict) -> torch.Tensor:
         """(B, K, C): each sampled mask pooled from the level assigned to it."""
-        pooled = [mask_pool(features[f], o, ids) for f, o in zip(self.in_features, owners)]
-        if len(pooled) == 1:
-            return pooled[0]
-        level = levels.gather(1, ids)  # (B, K)
-        stacked = torch.stack(pooled)  # (L, B, K, C); every level stays in the graph (DDP)
-        return stacked.gather(0, level[None, :, :, None].expand(1, -1, -1, stacked.shape[-1])).squeeze(0)
+        return pool_masks([features[f] for f in self.in_features], masks["owners"], masks["ids"], masks["levels"])
 
     @staticmethod
     def _heads(x: torch.Tensor, heads) -> torch.Tensor:
@@ -157,35 +158,27 @@ class DetCon(SSLMetaArch):
         return x.view(batch, num_masks, -1)
 
     # ------------------------------------------------------------------ loss
-    def losses(self, batched_inputs):
+    def losses(self, batch):
         divisibility = getattr(self.backbone, "size_divisibility", 0)
-        images = [self.view_images(batched_inputs, v, divisibility) for v in range(2)]
-        id_maps = [torch.stack([x["masks"][v] for x in batched_inputs]).to(self.device) for v in range(2)]
-
         online_heads = [self.projector] + ([self.predictor] if self.predictor is not None else [])
-        queries, keys, ids, num_present = [], [], [], []
-        for image, id_map in zip(images, id_maps):
+        queries, keys, ids = [], [], []
+        for v in range(2):
+            masks = batch["masks"][v]
+            self.check_masks(masks, tuple(batch["views"][v].shape[-2:]))
+            image = self.view_images(batch, v, divisibility)
             features = self.backbone(image)
-            owners, levels, present = self.mask_layout(id_map, features)
-            sampled = sample_mask_ids(present, self.num_masks)  # once per view, shared with the target
-            ids.append(sampled)
-            num_present.append(present.sum(dim=1).float().mean())
+            ids.append(masks["ids"])  # sampled once per view in the mapper, shared with the target
             if self.variant == "B":
-                queries.append(self._heads(self.pool(features, owners, levels, sampled), online_heads))
+                queries.append(self._heads(self.pool(features, masks), online_heads))
                 with torch.no_grad():
-                    target_features = self.target.backbone(image)
-                    keys.append(self._heads(self.pool(target_features, owners, levels, sampled), [self.target.projector]))
+                    keys.append(self._heads(self.pool(self.target.backbone(image), masks), [self.target.projector]))
             else:
-                projections = self._heads(self.pool(features, owners, levels, sampled), online_heads)
+                projections = self._heads(self.pool(features, masks), online_heads)
                 queries.append(projections)
                 keys.append(projections)
 
         loss_12, loss_21 = contrast_across_processes(
             queries, keys, ids, self.temperature, self.local_negatives, keys_need_grad=self.variant == "S"
         )
-        with torch.no_grad():
-            matched = (ids[0][:, :, None] == ids[1][:, None, :]).any(dim=2).float().mean()
-        storage = get_event_storage()
-        storage.put_scalar("detcon/masks_present", torch.stack(num_present).mean().item())
-        storage.put_scalar("detcon/matched_fraction", matched.item())
+        self.put_metrics(**batch["stats"])  # computed on the CPU by the collate
         return {"loss_detcon_12": loss_12, "loss_detcon_21": loss_21}

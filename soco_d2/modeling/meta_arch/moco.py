@@ -23,12 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.utils.events import get_event_storage
 
 from ..encoder import build_encoder
 from ..gather import all_gather_no_grad, batch_shuffle, batch_unshuffle
 from ..heads import build_projector
-from ..losses import densecl_global_loss
+from ..losses import infonce_loss
 from ..queue import FeatureQueue
 from .base import SSLMetaArch
 
@@ -62,9 +61,11 @@ class MoCoV2(SSLMetaArch):
         shuffle_bn: bool = True,
         pixel_mean,
         pixel_std,
+        metrics_period: int = 1,
+        max_iter: int = 0,
         **modules,
     ):
-        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std)
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, metrics_period=metrics_period, max_iter=max_iter)
         self.backbone = backbone
         self.feature = feature
         self.projector = projector
@@ -88,6 +89,7 @@ class MoCoV2(SSLMetaArch):
             "shuffle_bn": cfg.MODEL.SSL.SHUFFLE_BN,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            **cls.metrics_kwargs(cfg),
         }
 
     # ------------------------------------------------------------------ encoders
@@ -115,16 +117,16 @@ class MoCoV2(SSLMetaArch):
     # ------------------------------------------------------------------ loss
     def global_loss(self, query, key) -> torch.Tensor:
         # clone: the queue is updated in place before backward (the official .clone().detach())
-        return densecl_global_loss(query["global"], key["global"], self.queue.queue.clone(), self.temperature)
+        return infonce_loss(query["global"], key["global"], self.queue.queue.clone(), self.temperature)
 
     @torch.no_grad()
     def enqueue(self, key) -> None:
         """Every rank writes the same all-gathered keys, so the queues stay identical."""
         self.queue.enqueue(all_gather_no_grad(F.normalize(key["global"], dim=1)))
 
-    def losses(self, batched_inputs):
-        query = self.encode_query(self.view_images(batched_inputs, 0))
-        key = self.encode_key(self.view_images(batched_inputs, 1))
+    def losses(self, batch):
+        query = self.encode_query(self.view_images(batch, 0))
+        key = self.encode_key(self.view_images(batch, 1))
         loss = self.global_loss(query, key)
         self.log_queue_state()
         self.enqueue(key)
@@ -134,4 +136,4 @@ class MoCoV2(SSLMetaArch):
         """How much of the queue this step's loss saw filled with real keys
         (``queue_filled`` < 1: partly the random initial keys, so the loss is
         lower than it will be once the queue holds real negatives)."""
-        get_event_storage().put_scalar("moco/queue_filled", self.queue.filled, smoothing_hint=False)
+        self.put_metrics(**{"moco/queue_filled": self.queue.filled_tensor()})

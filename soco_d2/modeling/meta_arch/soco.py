@@ -16,14 +16,17 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from detectron2.modeling.roi_heads.box_head import build_box_head
-from detectron2.structures import Boxes
-from detectron2.utils.events import get_event_storage
+
+from soco_d2.data.collate import RoIPlan, collate_soco
 
 from ..encoder import build_encoder, shared_channels, zero_init_residual_
 from ..heads import build_predictor, build_projector
 from ..losses import soco_loss
 from ..poolers import ScaleAwareROIPooler
 from .base import SSLMetaArch
+
+# soco_loss is -2 x the mean matched cosine; a pair's loss sums both directions
+COSINE_TO_PAIR_LOSS = -4.0
 
 
 class Res5Head(nn.Module):
@@ -57,8 +60,9 @@ class SoCo(SSLMetaArch):
         pool_all_levels: bool = False,
         pixel_mean,
         pixel_std,
+        **metrics,
     ):
-        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std)
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, **metrics)
         self.backbone = backbone
         self.in_features = list(in_features)
         self.pooler = pooler
@@ -103,22 +107,35 @@ class SoCo(SSLMetaArch):
             "pool_all_levels": soco.POOL_ALL_LEVELS,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            **cls.metrics_kwargs(cfg),
         }
 
-    def region_embeddings(self, features, box_lists, box_head, heads) -> torch.Tensor:
-        """(B, K, D) embeddings of each image's K boxes: RoIAlign, region head, MLPs."""
+    def collate(self, samples):
+        return collate_soco(samples, self.pooler.level_rule)
+
+    def pool_view(self, features: dict[str, torch.Tensor], plan: RoIPlan | None):
+        """Every box of one view (all its pairs) pooled in one go: (T, C, R, R), or
+        (L, T, C, R, R) with ``pool_all_levels``."""
+        if plan is None:
+            return None
         x = [features[f] for f in self.in_features]
-        num_boxes = len(box_lists[0])
-        if any(len(b) != num_boxes for b in box_lists):
-            raise ValueError("every image must carry the same number of boxes per view (the mapper pads them)")
         if self.pool_all_levels and len(x) > 1:
-            embedded = self._run_heads(box_head(self.pooler.forward_all_levels(x, box_lists)), heads)
-            total = sum(len(b) for b in box_lists)
-            rows = self.pooler.levels(box_lists) * total + torch.arange(total, device=embedded.device)
-            embedded = embedded[rows]
+            return self.pooler.pool_all_levels(x, plan)
+        return self.pooler.pool(x, plan)
+
+    def region_embeddings(self, pooled, plan: RoIPlan, rows, batch_size: int, box_head, heads) -> torch.Tensor:
+        """(B, K, D) embeddings of one box set of a view (``rows`` of its plan):
+        region head and MLPs on the RoIs of that set alone (their own BN batch)."""
+        start, stop = rows
+        num_rois = stop - start
+        if self.pool_all_levels and pooled.dim() == 5:
+            # the official code's cost: the head sees every box on every level (level-major)
+            embedded = self._run_heads(box_head(pooled[:, start:stop].flatten(0, 1)), heads)
+            selected = plan.levels[start:stop] * num_rois + torch.arange(num_rois, device=embedded.device)
+            embedded = embedded[selected]
         else:
-            embedded = self._run_heads(box_head(self.pooler(x, box_lists)), heads)
-        return embedded.view(len(box_lists), num_boxes, -1)
+            embedded = self._run_heads(box_head(pooled[start:stop]), heads)
+        return embedded.view(batch_size, num_rois // batch_size, -1)
 
     @staticmethod
     def _run_heads(x, heads):
@@ -126,28 +143,36 @@ class SoCo(SSLMetaArch):
             x = head(x)
         return x
 
-    def losses(self, batched_inputs):
-        num_views = len(batched_inputs[0]["views"])
+    def losses(self, batch):
+        if batch["level_rule"] != self.pooler.level_rule:
+            raise ValueError(f"the batch's boxes were assigned to levels by {batch['level_rule']}, but this model "
+                             f"pools with {self.pooler.level_rule}: build the mapper from the model's config")
+        num_views = len(batch["views"])
+        batch_size = len(batch["image_ids"])
         divisibility = self.backbone.size_divisibility
-        images = [self.view_images(batched_inputs, v, divisibility) for v in range(num_views)]
+        images = [self.view_images(batch, v, divisibility) for v in range(num_views)]
         online_features = [self.backbone(im) for im in images]
+        plans = batch["roi_plans"]
+        online_pooled = [self.pool_view(f, plan) for f, plan in zip(online_features, plans)]
         with torch.no_grad():
-            target_features = [self.target.backbone(im) for im in images]
+            target_pooled = [self.pool_view(self.target.backbone(im), plan) for im, plan in zip(images, plans)]
 
         online_heads = [self.projector] + ([self.predictor] if self.predictor is not None else [])
         target_heads = [self.target.projector]
         losses, cosines = {}, []
-        for p, pair in enumerate(batched_inputs[0]["pairs"]):
+        for pair in batch["pairs"]:
             a, b = pair["views"]
-            boxes = [[Boxes(x["pairs"][p]["boxes"][side].to(self.device)) for x in batched_inputs] for side in (0, 1)]
-            ids = [torch.stack([x["pairs"][p]["ids"][side] for x in batched_inputs]).to(self.device) for side in (0, 1)]
-            q_a = self.region_embeddings(online_features[a], boxes[0], self.box_head, online_heads)
-            q_b = self.region_embeddings(online_features[b], boxes[1], self.box_head, online_heads)
+            ids_a, ids_b = pair["ids"]
+            rows_a, rows_b = pair["rows"]
+            q_a = self.region_embeddings(online_pooled[a], plans[a], rows_a, batch_size, self.box_head, online_heads)
+            q_b = self.region_embeddings(online_pooled[b], plans[b], rows_b, batch_size, self.box_head, online_heads)
             with torch.no_grad():
-                z_a = self.region_embeddings(target_features[a], boxes[0], self.target.box_head, target_heads)
-                z_b = self.region_embeddings(target_features[b], boxes[1], self.target.box_head, target_heads)
-            loss = soco_loss(q_a, z_b, ids[0], ids[1]) + soco_loss(q_b, z_a, ids[1], ids[0])
+                z_a = self.region_embeddings(target_pooled[a], plans[a], rows_a, batch_size, self.target.box_head,
+                                             target_heads)
+                z_b = self.region_embeddings(target_pooled[b], plans[b], rows_b, batch_size, self.target.box_head,
+                                             target_heads)
+            loss = soco_loss(q_a, z_b, ids_a, ids_b) + soco_loss(q_b, z_a, ids_b, ids_a)
             losses[f"loss_soco_{a + 1}{b + 1}"] = loss
-            cosines.append(-loss.detach() / 4.0)
-        get_event_storage().put_scalar("soco/matched_cos", torch.stack(cosines).mean().item())
+            cosines.append(loss.detach() / COSINE_TO_PAIR_LOSS)
+        self.put_metrics(**{"soco/matched_cos": torch.stack(cosines).mean()})
         return losses
