@@ -26,6 +26,7 @@ from soco_d2.modeling.mask_pooling import (
     present_ids,
     sample_mask_ids,
 )
+from soco_d2.modeling.gather import all_gather_with_grad
 from soco_d2.modeling.meta_arch.detcon import DetCon, contrast_across_processes
 
 
@@ -426,6 +427,18 @@ def _ddp_detcon_worker(full):
     (l12 + l21).backward()
     out["loss_s"] = (l12 + l21).detach()
     out["grad_s"] = torch.cat([p1.grad, p2.grad])
+    # fp16 keys (autocast) are gathered, and their gradients summed over ranks, in float32
+    import torch.distributed as dist
+
+    half = p1.detach().half().requires_grad_(True)
+    reduced_dtypes, all_reduce = [], dist.all_reduce
+    dist.all_reduce = lambda t, *a, **k: reduced_dtypes.append(t.dtype) or all_reduce(t, *a, **k)
+    try:
+        gathered = all_gather_with_grad(half)
+        (gathered * (rank + 1)).sum().backward()  # rank r weighs every gathered row by r + 1
+    finally:
+        dist.all_reduce = all_reduce
+    out["half"] = {"gathered": gathered.dtype, "reduced": reduced_dtypes, "grad": half.grad}
     return out
 
 
@@ -451,6 +464,9 @@ def test_ddp_negatives_come_from_every_process():
     for rank, out in enumerate(ranks):
         rows = slice(rank * 2, rank * 2 + 2)
         assert torch.allclose(out["grad_s"] / 2, torch.cat([p1.grad[rows], p2.grad[rows]]), atol=1e-6)
+        half = out["half"]
+        assert half["gathered"] == torch.float32 and half["reduced"] == [torch.float32]
+        assert half["grad"].dtype == torch.float16 and (half["grad"] == 1 + 2).all()  # summed over both ranks
 
 
 # --------------------------------------------------------------------------- paper config

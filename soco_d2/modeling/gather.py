@@ -42,7 +42,13 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Like ``all_gather_no_grad`` but gradients flow back to every rank's input
     (SimCLR-style losses where negatives are not behind a stop-gradient): rank r's
     input receives the sum over ranks of d loss_rank / d input_r, so DDP's gradient
-    mean equals the gradient of the mean loss.  Same batch size on every rank."""
+    mean equals the gradient of the mean loss.  Same batch size on every rank.
+
+    Gathers and sums in float32 and returns float32 (the input's gradient comes back
+    in its own dtype): under fp16 autocast the backward ``all_reduce`` would add
+    loss-scaled fp16 gradients of every rank, whose partial sums overflow or round
+    away over many ranks."""
+    tensor = tensor.float()
     if comm.get_world_size() == 1:
         return tensor
     return _AllGatherWithGrad.apply(tensor)
