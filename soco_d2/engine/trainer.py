@@ -21,6 +21,8 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..modeling.gather import broadcast_queues
+
 
 class CPUAutocastTrainer(SimpleTrainer):
     """SimpleTrainer whose forward runs under bf16 ``torch.autocast("cpu")``.
@@ -57,7 +59,9 @@ def wrap_ddp(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
         kwargs.setdefault("device_ids", [comm.get_local_rank()])
     else:
         kwargs["device_ids"] = None
-    return create_ddp_model(model, **kwargs)
+    model = create_ddp_model(model, **kwargs)
+    broadcast_queues(model)  # DDP syncs parameters at construction, buffers only with broadcast_buffers
+    return model
 
 
 class Trainer(DefaultTrainer):

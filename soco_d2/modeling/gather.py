@@ -82,3 +82,22 @@ def batch_unshuffle(outputs: torch.Tensor, unshuffle: torch.Tensor | None) -> to
         return outputs
     gathered = all_gather_no_grad(outputs)
     return gathered[unshuffle.view(comm.get_world_size(), -1)[comm.get_rank()]]
+
+
+@torch.no_grad()
+def broadcast_queues(model: torch.nn.Module) -> int:
+    """Give every rank rank 0's negatives queues (every ``FeatureQueue`` buffer in
+    ``model``); returns how many queues were broadcast.  Call once, right after
+    DDP wrapping: DDP with ``broadcast_buffers=False`` syncs parameters at
+    construction but not buffers, so randomly initialised queues would differ per
+    rank (per-rank seeds) until every entry has been overwritten.  From then on
+    every rank enqueues the same all-gathered keys.  A collective call."""
+    from .queue import FeatureQueue
+
+    queues = [m for m in model.modules() if isinstance(m, FeatureQueue)]
+    if comm.get_world_size() == 1:
+        return len(queues)
+    for queue in queues:
+        for buffer in queue.buffers():
+            dist.broadcast(buffer, src=0)
+    return len(queues)
