@@ -15,7 +15,8 @@ on, run once, with a report to paste into BENCHMARKS.md.
 
 On a machine without CUDA it runs what it can on the CPU (the step of every
 config at a tiny batch, as a check of this script's code path: the numbers say
-nothing about a GPU) and prints why each CUDA part is skipped.
+nothing about a GPU; about 10 minutes on 2 cores, bf16 is slow on CPUs;
+``--skip-steps`` leaves it out) and prints why each CUDA part is skipped.
 
     python bench/gpu_smoke.py                  # GPU: batch 64 per config
     python bench/gpu_smoke.py --batch 128 --steps 5
@@ -233,8 +234,8 @@ def step_report(device: str, batch: int, steps: int, box_cache: str) -> list[str
             loss = step(data)
         synchronize(device)
         rate = batch * steps / (time.perf_counter() - start)
-        peak = torch.cuda.max_memory_allocated() / GIB if device.startswith("cuda") else float("nan")
-        rows.append(f"| {name.replace('.yaml', '')} | {rate:.1f} | {peak:.1f} | {loss:.4f} |")
+        peak = f"{torch.cuda.max_memory_allocated() / GIB:.1f}" if device.startswith("cuda") else "-"
+        rows.append(f"| {name.replace('.yaml', '')} | {rate:.3g} | {peak} | {loss:.4f} |")
         print(rows[-1], flush=True)
         del model, step, data
     return rows
