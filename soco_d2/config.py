@@ -115,8 +115,9 @@ def _add_ssl_config(cfg: CN) -> None:
     # Iterations per epoch (len(dataset) // IMS_PER_BATCH); filled in by the pretraining setup
     # (soco_d2.engine.pretrain.apply_epoch_schedule), needed by COSINE_PER_EPOCH. 0 = unknown.
     cfg.SOLVER.ITERS_PER_EPOCH = 0
-    # Engine: DDP's find_unused_parameters (SoCo's official code sets it: an FPN level may get
-    # no box in a batch), and how often / how smoothed metrics.json and TensorBoard are written
+    # Engine: DDP's find_unused_parameters (off: every soco_d2 model gives every trainable
+    # parameter a gradient in every step, even when an FPN level gets no box; SoCo's official
+    # code sets it), and how often / how smoothed metrics.json and TensorBoard are written
     # (LOG_WINDOW 1 = the raw value of every written iteration; detectron2's default is 20).
     cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS = False
     cfg.SOLVER.LOG_PERIOD = 20

@@ -11,15 +11,18 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+from detcon_reference import reference_detcon_loss_terms
 from dist_utils import run_in_gloo_processes
 
 from soco_d2 import get_pretrain_cfg
 from config_utils import project_config_path
 from soco_d2.data.mappers import build_ssl_mapper
+from soco_d2.modeling import losses
 from soco_d2.modeling.losses import detcon_loss, detcon_loss_terms
 from soco_d2.data.masks import MaskGrids, majority_vote, mask_levels, present_ids
 from soco_d2.modeling.mask_pooling import mask_pool, pool_masks
-from soco_d2.modeling.meta_arch.detcon import contrast_across_processes
+from soco_d2.modeling.gather import all_gather_with_grad
+from soco_d2.modeling.meta_arch.detcon import DetCon, contrast_across_processes
 
 
 # --------------------------------------------------------------------------- loss references
@@ -158,6 +161,58 @@ def test_target_offset_places_local_images_in_gathered_targets():
               for i in (0, 2)]
     assert (halves[0][0] + halves[1][0]).item() / 2 == pytest.approx(full_12.item(), rel=1e-6)
     assert (halves[0][1] + halves[1][1]).item() / 2 == pytest.approx(full_21.item(), rel=1e-6)
+
+
+def _random_case(seed: int, other_images: bool):
+    """Random raw inputs with few ids (so duplicates and ids absent from the other view are
+    common), a local batch placed at a random offset inside the targets, and other images
+    (cross-image negatives) present or not."""
+    g = torch.Generator().manual_seed(seed)
+    batch, num_masks, dim = 3, 5, 8
+    num_images = batch + (4 if other_images else 0)
+    preds = [torch.randn(batch, num_masks, dim, generator=g, dtype=torch.float64) for _ in range(2)]
+    targets = [torch.randn(num_images, num_masks, dim, generator=g, dtype=torch.float64) for _ in range(2)]
+    ids = [torch.randint(0, 4, (batch, num_masks), generator=g) for _ in range(2)]
+    offset = int(torch.randint(0, num_images - batch + 1, (), generator=g))
+    return preds, targets, ids, offset
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 1, 100], ids=["one-chunk", "row-chunks", "partial-chunks"])
+@pytest.mark.parametrize("local_negatives", [True, False], ids=["local-neg", "no-local-neg"])
+@pytest.mark.parametrize("other_images", [True, False], ids=["cross-image", "own-image-only"])
+def test_lean_detcon_loss_equals_the_official_layout(other_images, local_negatives, chunk_elements, monkeypatch):
+    """The chunked log-sum-exp form equals the official (B, M, 2 N M) log-softmax layout
+    (tests/detcon_reference.py) in value and in every gradient, DetCon-S-style keys with
+    gradient included."""
+    if chunk_elements is not None:
+        monkeypatch.setitem(losses.LOGIT_CHUNK_ELEMENTS, "cpu", chunk_elements)
+    worst = 0.0
+    for seed in range(5):
+        (p1, p2), (t1, t2), (ids1, ids2), offset = _random_case(seed, other_images)
+        inputs = [x.float().requires_grad_(True) for x in (p1, p2, t1, t2)]
+        results = []
+        for terms in (detcon_loss_terms, reference_detcon_loss_terms):
+            l12, l21 = terms(*inputs, ids1, ids2, 0.1, local_negatives, target_offset=offset)
+            grads = torch.autograd.grad(l12 + 2 * l21, inputs)  # unequal weights: each direction's gradient counts
+            results.append([l12, l21, *grads])
+        assert (results[0][0] + results[0][1]).item() > 0
+        # float32 both: 1e-6 relative to each tensor's scale (losses ~3, a float32 ulp is 2.4e-7 there)
+        worst = max(worst, max(((a - b).abs().max() / b.abs().max().clamp(min=1)).item() for a, b in zip(*results)))
+    assert worst <= 1e-6
+
+
+def test_lean_detcon_loss_under_bf16_autocast_stays_float32():
+    (p1, p2), (t1, t2), (ids1, ids2), offset = _random_case(0, True)
+    inputs = [x.float().requires_grad_(True) for x in (p1, p2, t1, t2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = detcon_loss_terms(inputs[0].bfloat16(), *inputs[1:], ids1, ids2, target_offset=offset)
+        ref = reference_detcon_loss_terms(inputs[0].bfloat16(), *inputs[1:], ids1, ids2, target_offset=offset)
+    assert all(x.dtype == torch.float32 for x in ours)
+    assert torch.allclose(torch.stack(ours), torch.stack(ref), rtol=1e-3)
+    grads = torch.autograd.grad(sum(ours), inputs)
+    ref_grads = torch.autograd.grad(sum(ref), inputs)
+    for grad, want in zip(grads, ref_grads):  # bf16 matmuls: ~1e-2 relative
+        assert grad.dtype == torch.float32 and (grad - want).abs().max() <= 0.05 * want.abs().max()
 
 
 # --------------------------------------------------------------------------- masks on the grid
@@ -378,6 +433,18 @@ def _ddp_detcon_worker(full):
     (l12 + l21).backward()
     out["loss_s"] = (l12 + l21).detach()
     out["grad_s"] = torch.cat([p1.grad, p2.grad])
+    # fp16 keys (autocast) are gathered, and their gradients summed over ranks, in float32
+    import torch.distributed as dist
+
+    half = p1.detach().half().requires_grad_(True)
+    reduced_dtypes, all_reduce = [], dist.all_reduce
+    dist.all_reduce = lambda t, *a, **k: reduced_dtypes.append(t.dtype) or all_reduce(t, *a, **k)
+    try:
+        gathered = all_gather_with_grad(half)
+        (gathered * (rank + 1)).sum().backward()  # rank r weighs every gathered row by r + 1
+    finally:
+        dist.all_reduce = all_reduce
+    out["half"] = {"gathered": gathered.dtype, "reduced": reduced_dtypes, "grad": half.grad}
     return out
 
 
@@ -403,6 +470,9 @@ def test_ddp_negatives_come_from_every_process():
     for rank, out in enumerate(ranks):
         rows = slice(rank * 2, rank * 2 + 2)
         assert torch.allclose(out["grad_s"] / 2, torch.cat([p1.grad[rows], p2.grad[rows]]), atol=1e-6)
+        half = out["half"]
+        assert half["gathered"] == torch.float32 and half["reduced"] == [torch.float32]
+        assert half["grad"].dtype == torch.float16 and (half["grad"] == 1 + 2).all()  # summed over both ranks
 
 
 # --------------------------------------------------------------------------- paper config

@@ -183,3 +183,15 @@ def test_paper_config_builds_on_cpu(name):
     # the online encoder is a stock detectron2 backbone: its names are the model zoo's
     keys = model.state_dict().keys()
     assert any(k.startswith("backbone.") for k in keys)
+
+
+@pytest.mark.parametrize("name", sorted(os.path.basename(p) for p in glob.glob(project_config_path("*.yaml"))
+                                        if not os.path.basename(p).startswith("Base-RCNN")))
+def test_pretraining_configs_benchmark_cudnn_on_their_fixed_view_sizes(name):
+    cfg = load(name)
+    if name.startswith("Base-"):
+        assert cfg.CUDNN_BENCHMARK
+        return
+    # square views of fixed sides: every step sees the same input shapes
+    assert cfg.CUDNN_BENCHMARK and all(isinstance(s, int) and s > 0 for s in cfg.INPUT.SSL.VIEW_SIZES), name
+    assert not cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS, name  # tests/test_ddp_unused_parameters.py

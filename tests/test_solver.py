@@ -127,6 +127,65 @@ def test_lars_step_matches_hand_computation():
     torch.testing.assert_close(b.detach(), b0 - lr * ub - lr * (mom * ub + ub), rtol=0, atol=1e-12)
 
 
+def reference_lars_step(group_params, state, lr, momentum, eta, eps):
+    """LARS one parameter at a time, as the docstring states it (the form before
+    the foreach kernels): group_params [(params, weight_decay, lars)]."""
+    for params, wd, lars in group_params:
+        for p in params:
+            if p.grad is None:
+                continue
+            g = p.grad + wd * p if wd else p.grad
+            if lars:
+                w_norm, g_norm = p.norm(), g.norm()
+                if w_norm > 0 and g_norm > 0:
+                    g = g * (eta * w_norm / (g_norm + eps))
+            if id(p) in state:
+                state[id(p)] = momentum * state[id(p)] + g
+            else:
+                state[id(p)] = g.clone()
+            p.sub_(lr * state[id(p)])
+
+
+def test_foreach_lars_equals_the_per_parameter_loop(byol_model, tmp_path):
+    """Three steps on the BYOL model's real groups (LARS + excluded 1-D), with random
+    gradients, a parameter without gradient in step 1 (its momentum starts later) and a
+    zero gradient (trust ratio 1): same parameters and momentum to float32 tolerance."""
+    cfg = tiny_cfg(str(tmp_path), SOLVER__WEIGHT_DECAY=1e-4, SOLVER__LARS_EPS=1e-8)
+    model = byol_model
+    opt = build_pretrain_optimizer(cfg, model)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    assert len(params) > 50 and {g["lars"] for g in opt.param_groups} == {True, False}
+    start = [p.detach().clone() for p in params]
+    reference = [p.detach().clone() for p in params]
+    ref_of = dict(zip(map(id, params), reference))
+    ref_groups = [([ref_of[id(p)] for p in g["params"]], g["weight_decay"], g["lars"]) for g in opt.param_groups]
+    state, gen = {}, torch.Generator().manual_seed(0)
+    try:
+        for step in range(3):
+            for i, (p, r) in enumerate(zip(params, reference)):
+                grad = torch.randn(p.shape, generator=gen) * 10 ** float(torch.empty(()).uniform_(-4, 0, generator=gen))
+                if i == 0:
+                    grad = None if step == 0 else grad  # joins at step 2
+                elif i == 1:
+                    grad = torch.zeros_like(p)
+                p.grad, r.grad = grad, None if grad is None else grad.clone()
+            opt.step()
+            reference_lars_step(ref_groups, state, opt.param_groups[0]["lr"], cfg.SOLVER.MOMENTUM,
+                                cfg.SOLVER.LARS_ETA, cfg.SOLVER.LARS_EPS)
+            for p, r in zip(params, reference):
+                torch.testing.assert_close(p.detach(), r, rtol=1e-6, atol=1e-7)
+                if id(r) in state:
+                    torch.testing.assert_close(opt.state[p]["momentum_buffer"], state[id(r)], rtol=1e-5, atol=1e-9)
+                else:
+                    assert "momentum_buffer" not in opt.state[p]
+        assert all(not torch.equal(p, s) for p, s in zip(params[1:], start[1:]))  # every parameter moved
+    finally:
+        with torch.no_grad():  # the module-scoped model goes back to its initial weights
+            for p, s in zip(params, start):
+                p.copy_(s)
+                p.grad = None
+
+
 # ------------------------------------------------------------------ schedules
 
 

@@ -197,27 +197,63 @@ def test_cityscapes_instanceids_are_16_bit(fake_cityscapes):
     assert ids.dtype == np.uint16 and ids.max() >= 26000
 
 
-def test_cityscapes_perfect_predictions_score_ap_100(fake_cityscapes, tmp_path, monkeypatch):
+def perfect_instances(record) -> Instances:
+    """The ground-truth instances of a Cityscapes record as predictions (score 1)."""
     from cityscapesscripts.helpers.labels import id2label
 
+    thing_classes = MetadataCatalog.get("cityscapes_fine_instance_seg_val").thing_classes
+    gt = record["file_name"].replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_instanceIds.png")
+    ids = np.array(Image.open(gt))
+    instances = [i for i in np.unique(ids) if i >= 1000]
+    inst = Instances(ids.shape)
+    inst.pred_classes = torch.tensor([thing_classes.index(id2label[i // 1000].name) for i in instances])
+    inst.scores = torch.ones(len(instances))
+    inst.pred_masks = torch.from_numpy(np.stack([ids == i for i in instances]))
+    return inst
+
+
+def evaluate_one_image_per_rank(records: list, output_dir: str, tmp_root: str) -> dict:
+    """Rank r predicts image r into a temporary folder under tmp_root/rank{r} (as on its
+    own machine); rank 0 evaluates both."""
+    import tempfile
+
+    from detectron2.utils import comm
+
+    tempfile.tempdir = os.path.join(tmp_root, f"rank{comm.get_rank()}")
+    os.makedirs(tempfile.tempdir, exist_ok=True)
+    evaluator = CityscapesInstanceEvaluatorInDir("cityscapes_fine_instance_seg_val", output_dir)
+    evaluator.reset()
+    record = records[comm.get_rank()]
+    evaluator.process([{"file_name": record["file_name"]}], [{"instances": perfect_instances(record)}])
+    own_dir = evaluator._temp_dir
+    return {"results": evaluator.evaluate(), "own_dir": own_dir, "left": os.listdir(tempfile.tempdir)}
+
+
+def test_cityscapes_evaluation_gathers_every_machines_predictions(fake_cityscapes, tmp_path):
+    from dist_utils import run_in_gloo_processes
+
+    # the records are loaded here: detectron2's Cityscapes loader starts a multiprocessing pool
+    records = DatasetCatalog.get("cityscapes_fine_instance_seg_val")
+    ranks = run_in_gloo_processes(evaluate_one_image_per_rank, 2, records, str(tmp_path / "eval"),
+                                  str(tmp_path / "tmp"), timeout_s=120)
+    assert ranks[1]["own_dir"].startswith(str(tmp_path / "tmp" / "rank1"))  # not rank 0's folder
+    assert ranks[1]["results"] is None and ranks[1]["left"] == []  # rank 1 cleaned up its folder
+    # both images' perfect predictions reached rank 0 (a missing prediction file is an error)
+    assert ranks[0]["results"]["segm"]["AP"] == pytest.approx(100.0)
+    assert ranks[0]["left"] == []
+
+
+def test_cityscapes_perfect_predictions_score_ap_100(fake_cityscapes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # cityscapesScripts would write matches.json here; ours goes to output_dir
     cfg = transfer_cfg(CITYSCAPES_CONFIG, tmp_path)
     out = tmp_path / "eval"
     evaluator = build_transfer_evaluator(cfg, "cityscapes_fine_instance_seg_val", str(out))
     assert isinstance(evaluator, CityscapesInstanceEvaluatorInDir)
-    thing_classes = MetadataCatalog.get("cityscapes_fine_instance_seg_val").thing_classes
     records = DatasetCatalog.get("cityscapes_fine_instance_seg_val")
     assert len(records) == 2 and all(r["annotations"] for r in records)
     evaluator.reset()
     for record in records:
-        gt = record["file_name"].replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_instanceIds.png")
-        ids = np.array(Image.open(gt))
-        instances = [i for i in np.unique(ids) if i >= 1000]
-        inst = Instances(ids.shape)
-        inst.pred_classes = torch.tensor([thing_classes.index(id2label[i // 1000].name) for i in instances])
-        inst.scores = torch.ones(len(instances))
-        inst.pred_masks = torch.from_numpy(np.stack([ids == i for i in instances]))
-        evaluator.process([{"file_name": record["file_name"]}], [{"instances": inst}])
+        evaluator.process([{"file_name": record["file_name"]}], [{"instances": perfect_instances(record)}])
     results = evaluator.evaluate()
     assert results["segm"]["AP"] == pytest.approx(100.0)
     assert results["segm"]["AP50"] == pytest.approx(100.0)

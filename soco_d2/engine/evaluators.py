@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 
 from detectron2.data import MetadataCatalog
+from detectron2.utils import comm
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     COCOEvaluator,
@@ -21,7 +23,10 @@ EVALUATOR_TYPES = ("coco", "lvis", "pascal_voc", "cityscapes_instance")
 
 class CityscapesInstanceEvaluatorInDir(CityscapesInstanceEvaluator):
     """detectron2's Cityscapes instance evaluator, writing cityscapesScripts'
-    ``matches.json`` into ``output_dir`` instead of the current directory.
+    ``matches.json`` into ``output_dir`` instead of the current directory, and
+    working across machines: each rank writes its predictions locally and rank 0
+    receives them all before evaluating (they pass through memory: PNG-compressed
+    masks, a few KB per instance).
 
     (detectron2's tools/train_net.py asserts one GPU per rank before building
     it; the evaluator itself runs on CPU.)
@@ -31,7 +36,33 @@ class CityscapesInstanceEvaluatorInDir(CityscapesInstanceEvaluator):
         super().__init__(dataset_name)
         self._output_dir = output_dir
 
+    def reset(self):
+        # every process writes into a folder of its own machine (detectron2 0.6 makes every
+        # rank write into rank 0's /tmp folder, which other machines do not have);
+        # evaluate() brings the files to rank 0 through the process group
+        self._working_dir = tempfile.TemporaryDirectory(prefix="cityscapes_eval_")
+        self._temp_dir = self._working_dir.name
+
+    def _gather_predictions(self) -> None:
+        """Copy every rank's prediction files (a text file per image, a PNG per instance)
+        into rank 0's folder; a collective call, no shared filesystem needed."""
+        if comm.get_world_size() == 1:
+            return
+        files = {}
+        for name in os.listdir(self._temp_dir):
+            with open(os.path.join(self._temp_dir, name), "rb") as f:
+                files[name] = f.read()
+        gathered = comm.gather(files, dst=0)
+        if not comm.is_main_process():
+            self._working_dir.cleanup()
+            return
+        for part in gathered[1:]:
+            for name, data in part.items():
+                with open(os.path.join(self._temp_dir, name), "wb") as f:
+                    f.write(data)
+
     def evaluate(self):
+        self._gather_predictions()
         compat.patch_cityscapes_evaluation()
         if not self._output_dir:
             return super().evaluate()

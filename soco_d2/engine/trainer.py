@@ -29,6 +29,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
+from ..modeling.gather import broadcast_queues
 from ..checkpoint.checkpointer import SafeCheckpointer
 from .metrics import MedianMetricPrinter, check_finite_losses, write_pretrain_metrics
 from .setup import is_cuda_run
@@ -99,7 +100,9 @@ def wrap_ddp(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
         kwargs.setdefault("device_ids", [comm.get_local_rank()])
     else:
         kwargs["device_ids"] = None
-    return create_ddp_model(model, **kwargs)
+    model = create_ddp_model(model, **kwargs)
+    broadcast_queues(model)  # DDP syncs parameters at construction, buffers only with broadcast_buffers
+    return model
 
 
 class Trainer(DefaultTrainer):

@@ -42,7 +42,13 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Like ``all_gather_no_grad`` but gradients flow back to every rank's input
     (SimCLR-style losses where negatives are not behind a stop-gradient): rank r's
     input receives the sum over ranks of d loss_rank / d input_r, so DDP's gradient
-    mean equals the gradient of the mean loss.  Same batch size on every rank."""
+    mean equals the gradient of the mean loss.  Same batch size on every rank.
+
+    Gathers and sums in float32 and returns float32 (the input's gradient comes back
+    in its own dtype): under fp16 autocast the backward ``all_reduce`` would add
+    loss-scaled fp16 gradients of every rank, whose partial sums overflow or round
+    away over many ranks."""
+    tensor = tensor.float()
     if comm.get_world_size() == 1:
         return tensor
     return _AllGatherWithGrad.apply(tensor)
@@ -76,3 +82,22 @@ def batch_unshuffle(outputs: torch.Tensor, unshuffle: torch.Tensor | None) -> to
         return outputs
     gathered = all_gather_no_grad(outputs)
     return gathered[unshuffle.view(comm.get_world_size(), -1)[comm.get_rank()]]
+
+
+@torch.no_grad()
+def broadcast_queues(model: torch.nn.Module) -> int:
+    """Give every rank rank 0's negatives queues (every ``FeatureQueue`` buffer in
+    ``model``); returns how many queues were broadcast.  Call once, right after
+    DDP wrapping: DDP with ``broadcast_buffers=False`` syncs parameters at
+    construction but not buffers, so randomly initialised queues would differ per
+    rank (per-rank seeds) until every entry has been overwritten.  From then on
+    every rank enqueues the same all-gathered keys.  A collective call."""
+    from .queue import FeatureQueue
+
+    queues = [m for m in model.modules() if isinstance(m, FeatureQueue)]
+    if comm.get_world_size() == 1:
+        return len(queues)
+    for queue in queues:
+        for buffer in queue.buffers():
+            dist.broadcast(buffer, src=0)
+    return len(queues)

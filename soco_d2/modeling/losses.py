@@ -6,6 +6,8 @@ against the official implementations on small tensors.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +38,93 @@ def soco_loss(pred: torch.Tensor, target: torch.Tensor, pred_ids: torch.Tensor, 
 
 # --------------------------------------------------------------------------- DetCon
 
+# The (B * M, 2 * N * M) other-image logits are processed in chunks of query rows
+# holding about this many float32 elements, so forward and backward never hold more
+# than one chunk, whatever the global batch.  GPUs: 256 MiB, large kernels (at the
+# paper's 512 images per GPU, 16 chunks per direction); CPU: 16 MiB.
+LOGIT_CHUNK_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
+_REMOVED = -1e9  # the official "infinity proxy": a removed logit drops out of the softmax
+
+
+def _matmul_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul of ``tensors`` runs in here: autocast's when it is on, else their common dtype."""
+    device_type = tensors[0].device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+
+
+class _OtherImagesLogSumExp(torch.autograd.Function):
+    """Row-wise log-sum-exp of ``queries @ [keys_a; keys_b]^T / temperature`` without
+    the columns of each query's own image, in float32, computed chunk by chunk.
+
+    queries (R, D); keys_a / keys_b (N * M, D), image n at rows n * M ... (n + 1) * M - 1;
+    own_image (R,) long.  Returns (R,) float32 (-inf for a row with no column left).
+    The backward recomputes each chunk instead of keeping the logits, so memory
+    stays at one chunk (``LOGIT_CHUNK_ELEMENTS``) in both passes.  The matmuls run
+    in the dtype autocast gives them (or the inputs'), the exp-sums in float32.
+    """
+
+    @staticmethod
+    def _chunks(queries, keys_a, own_image, num_masks: int):
+        """Slices of query rows, each with the row -> own-image-column index of its masking."""
+        budget = LOGIT_CHUNK_ELEMENTS.get(queries.device.type, LOGIT_CHUNK_ELEMENTS["cpu"])
+        step = max(1, budget // max(2 * keys_a.shape[0], 1))
+        for start in range(0, queries.shape[0], step):
+            rows = slice(start, min(start + step, queries.shape[0]))
+            yield rows, (torch.arange(rows.stop - rows.start, device=queries.device), own_image[rows])
+
+    @staticmethod
+    def _logits(q, keys_a, keys_b, own, num_masks: int, temperature: float) -> torch.Tensor:
+        """(2, r, N * M) float32 logits of query rows q against keys_a / keys_b, own image at -inf."""
+        logits = q.new_empty((2, q.shape[0], keys_a.shape[0]))
+        torch.mm(q, keys_a.T, out=logits[0])
+        torch.mm(q, keys_b.T, out=logits[1])
+        logits = logits.float().div_(temperature)
+        logits.view(2, q.shape[0], -1, num_masks)[:, own[0], own[1], :] = float("-inf")
+        return logits
+
+    @staticmethod
+    def forward(ctx, queries, keys_a, keys_b, own_image, num_masks: int, temperature: float):
+        dtype = _matmul_dtype(queries, keys_a, keys_b)
+        q_all, keys_a_, keys_b_ = queries.to(dtype), keys_a.to(dtype), keys_b.to(dtype)
+        lse = queries.new_empty(queries.shape[0], dtype=torch.float32)
+        with torch.autocast(queries.device.type, enabled=False):
+            for rows, own in _OtherImagesLogSumExp._chunks(queries, keys_a, own_image, num_masks):
+                logits = _OtherImagesLogSumExp._logits(q_all[rows], keys_a_, keys_b_, own, num_masks, temperature)
+                top = logits.amax(dim=(0, 2), keepdim=True)
+                top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+                lse[rows] = logits.sub_(top).exp_().sum(dim=(0, 2)).log_().add_(top.view(-1))
+        ctx.save_for_backward(queries, keys_a, keys_b, own_image, lse)
+        ctx.args = (num_masks, temperature, dtype)
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        queries, keys_a, keys_b, own_image, lse = ctx.saved_tensors
+        num_masks, temperature, dtype = ctx.args
+        need_q, need_a, need_b = ctx.needs_input_grad[:3]
+        q_all, keys_a_, keys_b_ = queries.to(dtype), keys_a.to(dtype), keys_b.to(dtype)
+        grad_q = torch.zeros_like(queries, dtype=torch.float32) if need_q else None
+        grad_a = torch.zeros_like(keys_a, dtype=torch.float32) if need_a else None
+        grad_b = torch.zeros_like(keys_b, dtype=torch.float32) if need_b else None
+        lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # no column: softmax 0, not NaN
+        scale = grad_lse.float() / temperature  # d logit / d (q . k) = 1 / temperature
+        with torch.autocast(queries.device.type, enabled=False):
+            for rows, own in _OtherImagesLogSumExp._chunks(queries, keys_a, own_image, num_masks):
+                q = q_all[rows]
+                logits = _OtherImagesLogSumExp._logits(q, keys_a_, keys_b_, own, num_masks, temperature)
+                # d lse / d logit = softmax (0 on the own image's -inf columns)
+                w_a, w_b = logits.sub_(lse[None, rows, None]).exp_().mul_(scale[None, rows, None]).to(dtype)
+                if need_q:
+                    grad_q[rows] = (w_a @ keys_a_ + w_b @ keys_b_).float()
+                if need_a:
+                    grad_a += (w_a.T @ q).float()
+                if need_b:
+                    grad_b += (w_b.T @ q).float()
+        cast = lambda grad, like: None if grad is None else grad.to(like.dtype)  # noqa: E731
+        return cast(grad_q, queries), cast(grad_a, keys_a), cast(grad_b, keys_b), None, None, None
+
 
 def _detcon_direction(
     pred: torch.Tensor,
@@ -52,31 +141,35 @@ def _detcon_direction(
     pred (B, M, D): queries of view a; target_cross / target_same (N, M, D): targets
     of view b / view a for N >= B images, local image i at row offset + i; ids_query /
     ids_cross (B, M): mask ids of the local images in view a / view b.
+
+    The official form builds the (B, M, 2 N M) logits with labels and takes a
+    log-softmax.  Its per-query loss is log Z - mean of the positive logits, and
+    both parts split by image: positives and removed entries only ever lie in the
+    query's own image, so they come from the small (B, M, M) own-image blocks,
+    while the other images enter only through log Z, as a log-sum-exp that
+    ``_OtherImagesLogSumExp`` computes in chunks.  Same value and gradients.
     """
-    big = 1e9  # the official "infinity proxy": logits - 1e9 drop out of the softmax
     batch, num_masks = ids_query.shape
-    num_images = target_cross.shape[0]
-    # float32 logits: -1e9 overflows fp16 (autocast) and would turn 0 * log p into NaN
-    logits_cross = torch.einsum("bmd,nkd->bmnk", pred, target_cross).float() / temperature  # (B, M, N, M)
-    logits_same = torch.einsum("bmd,nkd->bmnk", pred, target_same).float() / temperature
-    own = torch.zeros(batch, num_images, dtype=torch.bool, device=pred.device)
-    own[torch.arange(batch, device=pred.device), offset + torch.arange(batch, device=pred.device)] = True
-    own = own[:, None, :, None]  # (B, 1, N, 1): the query's own image
-    match_cross = (ids_query[:, :, None] == ids_cross[:, None, :])[:, :, None, :]  # (B, M, 1, M)
-    match_same = (ids_query[:, :, None] == ids_query[:, None, :])[:, :, None, :]
-    positives = own & match_cross
-    logits_same = logits_same - big * (own & match_same).to(logits_same.dtype)
-    if not local_negatives:
-        logits_cross = logits_cross - big * (own & ~match_cross).to(logits_cross.dtype)
-        logits_same = logits_same - big * (own & ~match_same).to(logits_same.dtype)
-    logits = torch.cat([logits_cross.flatten(2), logits_same.flatten(2)], dim=2)  # (B, M, 2 N M)
-    labels = positives.expand(-1, -1, num_images, -1).flatten(2).to(logits.dtype)
-    num_pos = labels.sum(dim=2)
-    labels = labels / num_pos.clamp(min=1.0)[:, :, None]
-    log_prob = F.log_softmax(logits, dim=2)[:, :, : labels.shape[2]]  # positives are all cross-view
-    per_query = -(labels * log_prob).sum(dim=2)  # (B, M)
-    duplicates = match_same[:, :, 0, :].sum(dim=2).to(logits.dtype)  # r >= 1
-    weights = (num_pos > 0).to(logits.dtype) / duplicates
+    own_rows = slice(offset, offset + batch)
+    # float32: the exp-sums and -1e9 need float32 range under autocast
+    own_cross = torch.einsum("bmd,bkd->bmk", pred, target_cross[own_rows]).float() / temperature  # (B, M, M)
+    own_same = torch.einsum("bmd,bkd->bmk", pred, target_same[own_rows]).float() / temperature
+    match_cross = ids_query[:, :, None] == ids_cross[:, None, :]  # (B, M, M): the positives
+    match_same = ids_query[:, :, None] == ids_query[:, None, :]  # the query's own id in its own view
+    num_pos = match_cross.sum(dim=2)
+    positive_mean = (own_cross * match_cross).sum(dim=2) / num_pos.clamp(min=1)
+    if local_negatives:  # the own image's logits without the query's own id in its own view
+        own_kept = torch.cat([own_cross, own_same.masked_fill(match_same, _REMOVED)], dim=2)
+    else:  # only the positives are left of the own image
+        own_kept = own_cross.masked_fill(~match_cross, _REMOVED)
+    log_z_own = torch.logsumexp(own_kept, dim=2)  # (B, M)
+    own_image = offset + torch.arange(batch * num_masks, device=pred.device) // num_masks  # per query row
+    log_z_others = _OtherImagesLogSumExp.apply(
+        pred.reshape(batch * num_masks, -1), target_cross.flatten(0, 1), target_same.flatten(0, 1),
+        own_image, num_masks, float(temperature),
+    ).view(batch, num_masks)
+    per_query = torch.logaddexp(log_z_others, log_z_own) - positive_mean  # -sum_P (1/|P|) log softmax
+    weights = (num_pos > 0).float() / match_same.sum(dim=2).float()  # 1[|P| > 0] / duplicates
     return (weights * per_query).mean()
 
 
