@@ -11,7 +11,8 @@ from detectron2.utils import comm
 
 from dist_utils import run_in_gloo_processes
 from engine_utils import one_torch_thread  # noqa: F401  (autouse fixture)
-from soco_d2.config import get_pretrain_cfg, project_config_path
+from soco_d2.config import get_pretrain_cfg
+from config_utils import project_config_path
 from soco_d2.data import get_pretrain_dicts
 from soco_d2.proposals import CacheWriter
 

@@ -21,7 +21,8 @@ from detectron2.utils.events import EventStorage
 
 from engine_utils import one_torch_thread  # noqa: F401  (autouse fixture)
 from host_syncs import HostSyncCounter
-from soco_d2.config import get_pretrain_cfg, project_config_path
+from soco_d2.config import get_pretrain_cfg
+from config_utils import project_config_path
 from soco_d2.data import build_ssl_mapper, get_pretrain_dicts
 from soco_d2.data.build import preserved_global_rngs, seed_global_rngs
 from soco_d2.data.mappers import SoCoMapper
