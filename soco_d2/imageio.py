@@ -69,8 +69,8 @@ def _reading(path: str, allow_truncated: bool):
         raise
     except FileNotFoundError as e:
         raise ImageSkip("missing", _clean(str(e), path)) from None
-    except Image.UnidentifiedImageError as e:
-        raise ImageSkip("corrupt", _clean(str(e), path)) from None
+    except Image.UnidentifiedImageError:  # PIL names the in-memory buffer: say it the same way every time
+        raise ImageSkip("corrupt", "cannot identify image file <file>") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / broken streams
         category = "truncated" if "truncated" in str(e).lower() else "corrupt"
         raise ImageSkip(category, _clean(f"{type(e).__name__}: {e}", path)) from None

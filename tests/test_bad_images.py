@@ -145,7 +145,7 @@ def _epoch_0_bad_images(folder, limit, rank=None, world_size=None):
         batches = list(itertools.islice(iter(loader), 2))
     except TooManyBadImagesError as e:
         return {"found": sorted(loader.bad_images.found), "error": str(e)}
-    return {"found": sorted(loader.bad_images.found), "images": sum(len(b) for b in batches)}
+    return {"found": sorted(loader.bad_images.found), "images": sum(len(b["image_ids"]) for b in batches)}
 
 
 def _without_and_with_a_limit(folder):
