@@ -61,7 +61,7 @@ class Precision:
 
 
 def check_amp_dtype(cfg) -> str:
-    name = str(cfg.SOLVER.AMP.DTYPE)
+    name = str(cfg.SOLVER.AMP.get("DTYPE", "auto"))  # a stock detectron2 config (transfer) has no DTYPE
     if name not in AMP_DTYPE_CHOICES:
         raise InputError(f"SOLVER.AMP.DTYPE {name!r}: use one of {', '.join(AMP_DTYPE_CHOICES)}")
     return name

@@ -64,7 +64,7 @@ def check_transfer_inputs(cfg, eval_only: bool = False) -> None:
     for name in ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST):
         check_dataset(name)
     check_amp_dtype(cfg)
-    if cfg.SOLVER.ACCUMULATE_STEPS != 1:
+    if cfg.SOLVER.get("ACCUMULATE_STEPS", 1) != 1:
         raise InputError(f"SOLVER.ACCUMULATE_STEPS {cfg.SOLVER.ACCUMULATE_STEPS}: gradient accumulation is a "
                          "pretraining option; fine-tuning runs one batch per step (set it to 1)")
     for name in cfg.DATASETS.TEST:
