@@ -119,11 +119,18 @@ def static_bytes(cfg, model, amp: bool, intercept: float) -> dict:
     # fp32 weights + gradients + DDP buckets + momentum; target weights
     weights = 4 * 4 * trainable + 4 * frozen + max(0.0, intercept)
     loss = 0
-    if cfg.MODEL.META_ARCHITECTURE == "DetCon":
+    if cfg.MODEL.META_ARCHITECTURE == "DetCon" and cfg.MODEL.DETCON.CROSS_IMAGE_NEGATIVES:
+        # the keys of both views of the whole global batch on every GPU, bytes per element:
+        # DetCon-B gathers the target projections as they come (fp16/bf16 under AMP) and keeps
+        # them normalised (float32 on CUDA: autocast runs norm in float32); DetCon-S gathers in
+        # float32, normalises, and holds gradients of both; under AMP the chunked log-sum-exp
+        # also keeps a copy in the matmul dtype while it runs
         keys = 2 * cfg.SOLVER.IMS_PER_BATCH * cfg.MODEL.DETCON.NUM_MASKS * cfg.MODEL.SSL.PROJ_DIM
-        per_key = 4 if cfg.MODEL.DETCON.VARIANT == "S" else (2 if amp else 4)  # DetCon-S gathers in fp32
-        copies = 4 if cfg.MODEL.DETCON.VARIANT == "S" else 2  # raw + normalised (+ their gradients)
-        loss = keys * per_key * copies + 3 * 4 * LOGIT_CHUNK_ELEMENTS["cuda"]
+        half_copy = 2 if amp else 0
+        per_key = 4 + 4 + 8 + half_copy if cfg.MODEL.DETCON.VARIANT == "S" else (2 if amp else 4) + 4 + half_copy
+        # one chunk of logits (LOGIT_CHUNK_ELEMENTS): matmul-dtype output, its float32 copy and the
+        # backward's softmax weights, at most 12 bytes per element
+        loss = keys * per_key + 12 * LOGIT_CHUNK_ELEMENTS["cuda"]
     return {"trainable": trainable, "frozen": frozen, "bytes": weights + buffers + loss}
 
 

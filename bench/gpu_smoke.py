@@ -7,9 +7,10 @@ on, run once, with a report to paste into BENCHMARKS.md.
    the CPU, with the errors;
 3. DetCon's loss at the paper's 512 images per GPU (N = 4096 gathered images):
    peak memory of forward + backward against one fp32 (B, M, N, M) tensor;
-4. one AMP training step of every paper config (bf16 where the GPU supports
-   it, else fp16 with a GradScaler; ``torch.autocast`` directly) at a realistic
-   per-GPU batch: images/s and peak memory;
+4. one AMP training step of every paper config through the trainer's own step
+   (``soco_d2.engine.steps.StepTrainer`` in the precision ``SOLVER.AMP.DTYPE auto``
+   resolves to: bf16 where the GPU runs it natively, else fp16 with a GradScaler)
+   at a realistic per-GPU batch: images/s and peak memory;
 5. with two GPUs: one DDP (NCCL) step of SoCo_FPN and DetCon-S on 2 GPUs, checking
    both ranks hold the same weights afterwards (SyncBN, gathers, queue broadcast).
 
@@ -45,6 +46,7 @@ from torchvision.ops import nms, roi_align  # noqa: E402
 from bench_pretrain import make_batch  # noqa: E402
 from soco_d2.data import build_ssl_mapper, get_pretrain_dicts  # noqa: E402
 from soco_d2.engine.solver import build_pretrain_optimizer  # noqa: E402
+from soco_d2.engine.steps import StepTrainer, cuda_runs_bf16, resolve_precision  # noqa: E402
 from soco_d2.modeling.losses import detcon_loss_terms  # noqa: E402
 from soco_d2.proposals import CacheWriter  # noqa: E402
 
@@ -61,7 +63,8 @@ def cuda() -> bool:
 
 
 def amp_dtype(device: str) -> torch.dtype:
-    if device == "cpu" or torch.cuda.is_bf16_supported():
+    """The autocast dtype of ``SOLVER.AMP.DTYPE auto`` (``soco_d2.engine.steps``)."""
+    if device == "cpu" or cuda_runs_bf16():
         return torch.bfloat16
     return torch.float16
 
@@ -81,7 +84,7 @@ def stack_report() -> list[str]:
     if cuda():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         lines.append(f"- cuDNN {torch.backends.cudnn.version()}, {len(names)} GPU(s): {', '.join(sorted(set(names)))}, "
-                     f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+                     f"native bf16 {'yes' if cuda_runs_bf16() else 'no'}")
     else:
         lines.append("- no CUDA device: the CUDA parts below are skipped")
     return lines
@@ -176,34 +179,44 @@ def smoke_cfg(name: str, device: str, batch: int, box_cache: str, sync_bn: bool 
     cfg.PROPOSALS.BOX_CACHE = box_cache
     cfg.MODEL.DETCON.MASK_SOURCE = "grid"  # masks' content does not change cost; no mask cache needed
     cfg.SOLVER.IMS_PER_BATCH = batch
+    cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE = True, "auto"
     cfg.DATALOADER.NUM_WORKERS = 0
     return cfg
 
 
-class Step:
-    """Forward under autocast, backward (GradScaler for fp16), optimizer step, momentum update."""
+class _StepOnBatch(StepTrainer):
+    """The trainer's step on a batch given per call; keeps the loss instead of writing metrics."""
 
-    def __init__(self, cfg, model, dtype: torch.dtype):
-        self.model, self.device, self.dtype = model, cfg.MODEL.DEVICE, dtype
-        self.optimizer = build_pretrain_optimizer(cfg, model)
-        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    def __init__(self, model, optimizer, precision):
+        super().__init__(model, self._batches(), optimizer, precision=precision)
+        self.batch = self.loss = None
+
+    def _batches(self):
+        while True:
+            yield self.batch
+
+    def _write_metrics(self, loss_dict, data_time, prefix=""):
+        self.loss = sum(v.detach() for v in loss_dict.values())
+
+
+class Step:
+    """One optimizer step as ``tools/pretrain_net.py`` runs it (``StepTrainer``: autocast,
+    GradScaler for fp16), then the momentum update."""
+
+    def __init__(self, cfg, model):
+        self.model = model
+        self.precision = resolve_precision(cfg)
+        self.trainer = _StepOnBatch(model, build_pretrain_optimizer(cfg, getattr(model, "module", model)),
+                                    self.precision)
 
     def __call__(self, batch) -> float:
-        with EventStorage(0), torch.autocast(self.device.split(":")[0], dtype=self.dtype):
-            losses = self.model(batch)
-        loss = sum(v.float() for v in losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        self.trainer.batch = batch
+        with EventStorage(0):
+            self.trainer.run_step()
         model = getattr(self.model, "module", self.model)  # DDP wraps it
         if hasattr(model, "momentum_update"):
             model.momentum_update(0.99)
-        return float(loss)
+        return float(self.trainer.loss)
 
 
 def synchronize(device: str) -> None:
@@ -212,10 +225,10 @@ def synchronize(device: str) -> None:
 
 
 def step_report(device: str, batch: int, steps: int, box_cache: str) -> list[str]:
-    dtype = amp_dtype(device)
     dicts = get_pretrain_dicts("demo_images")
-    rows = [f"one {dtype} autocast step per paper config on {device}, batch {batch}, {steps} timed step(s) after "
-            f"one warm-up" + ("" if device != "cpu" else " (CPU: a check of this script, not a GPU number)"),
+    precision = resolve_precision(smoke_cfg(CONFIGS[0], device, batch, box_cache))
+    rows = [f"one training step per paper config, {precision.describe()}, batch {batch}, {steps} timed step(s) "
+            f"after one warm-up" + ("" if device != "cpu" else " (CPU: a check of this script, not a GPU number)"),
             "", "| config | img/s | peak memory GiB | loss |", "|---|---|---|---|"]
     torch.backends.cudnn.benchmark = True
     for name in CONFIGS:
@@ -223,7 +236,7 @@ def step_report(device: str, batch: int, steps: int, box_cache: str) -> list[str
         data = make_batch(build_ssl_mapper(cfg), dicts, batch)
         torch.manual_seed(0)
         model = build_model(cfg).train()
-        step = Step(cfg, model, dtype)
+        step = Step(cfg, model)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -256,8 +269,7 @@ def _ddp_worker(configs, batch, box_cache, result_dir):
         data = make_batch(build_ssl_mapper(cfg), dicts[comm.get_rank():] + dicts[:comm.get_rank()], batch)
         torch.manual_seed(comm.get_rank())  # DDP must make the weights equal
         model = wrap_ddp(build_model(cfg).train(), broadcast_buffers=False)
-        step = Step(cfg, model.module, amp_dtype("cuda"))
-        step.model = model
+        step = Step(cfg, model)
         step(data)
         torch.cuda.synchronize()
         start = time.perf_counter()

@@ -122,6 +122,24 @@ def _add_ssl_config(cfg: CN) -> None:
     cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS = False
     cfg.SOLVER.LOG_PERIOD = 20
     cfg.SOLVER.LOG_WINDOW = 20
+    # Precision of SOLVER.AMP.ENABLED (soco_d2/engine/steps.py): "bfloat16" (no gradient
+    # scaler: bf16 keeps float32's exponent range), "float16" (with torch's GradScaler) or
+    # "auto": bfloat16 on GPUs that run it natively (Ampere, Hopper and later), float16 on
+    # older ones.  On a CPU, autocast always runs bfloat16.  The choice is logged at start-up.
+    cfg.SOLVER.AMP.DTYPE = "auto"
+    # Gradient accumulation: each optimizer step sums the gradients of ACCUMULATE_STEPS
+    # forward/backward passes over equal slices of the step's batch, so every process
+    # forwards IMS_PER_BATCH / (processes x ACCUMULATE_STEPS) images at a time.
+    # IMS_PER_BATCH stays the batch of one optimizer step: the learning rate, epochs,
+    # iterations, momentum (EMA) schedule, checkpoints and the data stream (samples are a
+    # function of seed and position) are those of ACCUMULATE_STEPS 1.  Only offered where it
+    # gives the step of the whole batch (losses that are means of per-image terms: BYOL,
+    # SoCo, DetCon with MODEL.DETCON.CROSS_IMAGE_NEGATIVES False); refused at start-up for
+    # MoCo-v2 / DenseCL (their queues are updated by every forward) and DetCon with
+    # cross-image negatives (each slice contrasts against its own slice's masks only).
+    # BatchNorm (and SyncBN) statistics are computed per slice: with BN the step is close to,
+    # not equal to, the whole batch's (GroupNorm, or BN in eval mode, make it exact).
+    cfg.SOLVER.ACCUMULATE_STEPS = 1
 
 
 def _add_dataloader_config(cfg: CN) -> None:
@@ -191,6 +209,11 @@ def _add_detcon_config(cfg: CN) -> None:
     cfg.MODEL.DETCON.IN_FEATURES = ["res5"]
     cfg.MODEL.DETCON.LEVEL_THRESHOLDS = [48, 96, 192]
     cfg.MODEL.DETCON.LOCAL_NEGATIVES = True  # other masks of the same image are negatives
+    # Every mask of every other image of the global batch is a negative (the paper; the keys
+    # are all-gathered over processes).  False: only the own image's masks (needs
+    # LOCAL_NEGATIVES True); the loss is then a mean of per-image terms, needs no gather, and
+    # SOLVER.ACCUMULATE_STEPS is exact.  Not a paper setting: fewer negatives per query.
+    cfg.MODEL.DETCON.CROSS_IMAGE_NEGATIVES = True
 
 
 def _add_densecl_config(cfg: CN) -> None:

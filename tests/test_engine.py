@@ -240,10 +240,12 @@ def test_loss_curve_summary_leaves_out_the_queue_warmup(tmp_path):
 
 
 def test_cpu_amp_uses_bf16_autocast_with_the_guard(tmp_path):
-    from soco_d2.engine.trainer import PretrainCPUAutocastTrainer
+    from soco_d2.engine.steps import PretrainStepTrainer
 
     trainer = train(tiny_cfg(str(tmp_path), SOLVER__AMP__ENABLED=True, SOLVER__MAX_ITER=2))
-    assert isinstance(trainer._trainer, PretrainCPUAutocastTrainer) and trainer._trainer.nan_guard
+    assert isinstance(trainer._trainer, PretrainStepTrainer) and trainer._trainer.nan_guard
+    precision = trainer._trainer.precision
+    assert (precision.device_type, precision.dtype, trainer._trainer.grad_scaler) == ("cpu", torch.bfloat16, None)
     rows = read_metrics(os.path.join(str(tmp_path), "metrics.json"))
     assert [r["iteration"] for r in rows] == [0, 1] and all(0 < r["total_loss"] < 10 for r in rows)
 

@@ -26,7 +26,8 @@ STAGES = [  # (stage, module prefixes), in data-flow order
     ("dataset dicts and mappers", ["soco_d2.data"]),
     ("meta-arch and losses", ["soco_d2.modeling"]),
     ("trainer and checkpoints", [f"soco_d2.engine.{m}" for m in (
-        "setup", "launch", "outputs", "checks", "norms", "solver", "hooks", "metrics", "trainer", "pretrain")]
+        "setup", "launch", "outputs", "checks", "norms", "solver", "hooks", "metrics", "steps", "resume", "trainer",
+        "pretrain")]
      + [f"soco_d2.checkpoint.{m}" for m in ("errors", "safe_load", "checkpointer", "loading")]),
     ("converter", ["soco_d2.checkpoint"]),
     ("transfer, evaluation and results", ["soco_d2.engine", "soco_d2.engine.transfer", "soco_d2.engine.evaluators",

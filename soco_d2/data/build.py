@@ -14,6 +14,11 @@ restored afterwards, so that
 * a run resumed at iteration k continues with position ``k * B``, exactly the
   samples the uninterrupted run would have seen.
 
+With gradient accumulation (``SOLVER.ACCUMULATE_STEPS`` A) a batch is still the
+B positions of one optimizer step; each rank cuts its share into A consecutive
+slices, so slice j of global batch b is positions ``b*B + [j*B/A, (j+1)*B/A)``
+over all ranks: the samples and their order are those of A = 1.
+
 A sample whose image cannot be read (``soco_d2.imageio.ImageSkip``) uses the
 next image of the dataset instead, under seeds from (seed, position, attempt),
 so that rule keeps holding; the bad files are counted and limited by
@@ -189,21 +194,30 @@ class _CollateWithReports:
 
 
 class RankBatchSampler(torch.utils.data.Sampler):
-    """Infinite batch sampler: rank r's positions of global batches start_iter, start_iter+1, ..."""
+    """Infinite batch sampler: rank r's positions of global batches start_iter, start_iter+1, ...,
+    each cut into ``slices`` consecutive equal parts (gradient accumulation)."""
 
-    def __init__(self, stream: SampleStream, start_iter: int, rank: int, world_size: int):
+    def __init__(self, stream: SampleStream, start_iter: int, rank: int, world_size: int, slices: int = 1):
         self._stream, self._start, self._rank, self._world = stream, int(start_iter), rank, world_size
-        stream.batch_positions(0, rank, world_size)  # validate divisibility now
+        self._slices = int(slices)
+        share = len(stream.batch_positions(0, rank, world_size))  # validates divisibility now
+        if share % self._slices:
+            raise ValueError(f"SOLVER.IMS_PER_BATCH ({stream.global_batch_size}) must be divisible by the number of "
+                             f"processes x SOLVER.ACCUMULATE_STEPS ({world_size} x {self._slices})")
 
     def __iter__(self):
         iteration = self._start
         while True:
-            yield self._stream.batch_positions(iteration, self._rank, self._world)
+            positions = self._stream.batch_positions(iteration, self._rank, self._world)
+            size = len(positions) // self._slices
+            for start in range(0, len(positions), size):
+                yield positions[start:start + size]
             iteration += 1
 
 
 class PretrainLoader:
-    """Iterable of this rank's batches, starting at global batch ``start_iter``.
+    """Iterable of this rank's batches, starting at global batch ``start_iter``; with
+    ``accumulate_steps`` A > 1 each item is the list of the batch's A slices.
 
     The torch ``DataLoader`` (and its workers) is created lazily, on the first
     ``next()``: a trainer can build the loader in its constructor and set
@@ -213,14 +227,19 @@ class PretrainLoader:
 
     def __init__(self, dataset_dicts, mapper, total_batch_size: int, *, seed: int, num_workers: int = 0,
                  start_iter: int = 0, rank: int | None = None, world_size: int | None = None,
-                 max_bad_images: int = -1, pin_memory: bool = False):
+                 max_bad_images: int = -1, pin_memory: bool = False, accumulate_steps: int = 1):
         self.rank = comm.get_rank() if rank is None else rank
         self.world_size = comm.get_world_size() if world_size is None else world_size
         if total_batch_size % self.world_size:
             raise ValueError(f"SOLVER.IMS_PER_BATCH ({total_batch_size}) must be divisible by the number "
                              f"of processes ({self.world_size})")
+        self.accumulate_steps = int(accumulate_steps)
+        if self.accumulate_steps < 1 or total_batch_size % (self.world_size * self.accumulate_steps):
+            raise ValueError(f"SOLVER.IMS_PER_BATCH ({total_batch_size}) must be divisible by the number of "
+                             f"processes x SOLVER.ACCUMULATE_STEPS ({self.world_size} x {accumulate_steps})")
         self.total_batch_size = total_batch_size
-        self.batch_size = total_batch_size // self.world_size
+        self.batch_size = total_batch_size // self.world_size  # per optimizer step
+        self.slice_size = self.batch_size // self.accumulate_steps  # per forward
         self.num_workers = num_workers
         self.pin_memory = bool(pin_memory)
         self.start_iter = start_iter
@@ -249,7 +268,7 @@ class PretrainLoader:
         """Batches as ``(list of mapped dicts, {file_name: reason} of unreadable images met)``."""
         return torch.utils.data.DataLoader(
             self.dataset(with_reports=True),
-            batch_sampler=RankBatchSampler(self.stream, start_iter, self.rank, self.world_size),
+            batch_sampler=RankBatchSampler(self.stream, start_iter, self.rank, self.world_size, self.accumulate_steps),
             num_workers=self.num_workers,
             collate_fn=_CollateWithReports(getattr(self._mapper, "collate", trivial_batch_collator)),
             pin_memory=self.pin_memory,
@@ -260,13 +279,20 @@ class PretrainLoader:
 
     def __iter__(self):
         start = self.start_iter
-        logger.info("pretraining loader: rank %d/%d, %d images per batch, from global batch %d "
-                    "(position %d, epoch %d), seed %d, %d workers", self.rank, self.world_size,
-                    self.batch_size, start, start * self.total_batch_size,
-                    self.stream.epoch(start * self.total_batch_size), self.seed, self.num_workers)
+        logger.info("pretraining loader: rank %d/%d, %d images per batch%s, from global batch %d "
+                    "(position %d, epoch %d), seed %d, %d workers", self.rank, self.world_size, self.batch_size,
+                    f" in {self.accumulate_steps} slices" if self.accumulate_steps > 1 else "", start,
+                    start * self.total_batch_size, self.stream.epoch(start * self.total_batch_size), self.seed,
+                    self.num_workers)
+        slices, bad_images = [], {}
         for batch, bad in self.build_torch_loader(start):
-            self.bad_images.update(bad)  # every iteration: a collective when there are several processes
-            yield batch
+            slices.append(batch)
+            bad_images.update(bad)
+            if len(slices) < self.accumulate_steps:
+                continue
+            self.bad_images.update(bad_images)  # every iteration: a collective when there are several processes
+            yield slices if self.accumulate_steps > 1 else slices[0]
+            slices, bad_images = [], {}
 
 
 def load_pretrain_dicts(names) -> list[dict]:
@@ -302,6 +328,7 @@ def build_pretrain_train_loader(cfg, mapper=None, start_iter: int = 0, dataset_d
         start_iter=start_iter,
         max_bad_images=cfg.DATALOADER.MAX_BAD_IMAGES,
         pin_memory=str(cfg.MODEL.DEVICE).startswith("cuda"),  # the model copies batches with non_blocking
+        accumulate_steps=cfg.SOLVER.ACCUMULATE_STEPS,
     )
     logger.info("pretraining data: %s, %d images, %d iterations per epoch at %d images per batch",
                 ", ".join(cfg.DATASETS.TRAIN), loader.stream.num_samples, loader.iters_per_epoch,

@@ -5,8 +5,9 @@
 * ``launch``: processes (torchrun / srun / env:// join, detectron2's launch on
   CUDA, gloo CPU processes) and ``launch_tool``, the trainers' command line;
 * ``checks`` and ``outputs``: fail-early input checks and the OUTPUT_DIR policy;
-* ``trainer``: the base ``Trainer`` and step trainers; ``pretrain``: the
-  pretraining setup and ``PretrainTrainer``; ``transfer``: ``TransferTrainer``;
+* ``trainer``: the base ``Trainer``; ``steps``: the optimizer step (precision,
+  gradient accumulation); ``resume``: every process resumes the same way;
+  ``pretrain``: the pretraining setup and ``PretrainTrainer``; ``transfer``: ``TransferTrainer``;
 * ``metrics``: the NaN guard, metrics writers and the loss summary;
 * ``evaluators`` and ``results``: transfer evaluation and its tables;
 * ``hooks``, ``norms``, ``solver``: momentum / seed hooks, BatchNorm policy, LARS and schedules.
@@ -19,7 +20,8 @@ from .pretrain import PretrainTrainer, apply_epoch_schedule, prepare_pretrain, p
 from .results import compare_results, write_results
 from .setup import cfg_from_args, is_cuda_run, setup_run
 from .solver import LARS, build_pretrain_lr_scheduler, build_pretrain_optimizer
-from .trainer import CPUAutocastTrainer, Trainer
+from .steps import StepTrainer
+from .trainer import Trainer
 from .transfer import TransferTrainer, prepare_transfer, run_transfer
 
 __all__ = [
@@ -28,7 +30,7 @@ __all__ = [
     "cfg_from_args",
     "is_cuda_run",
     "setup_run",
-    "CPUAutocastTrainer",
+    "StepTrainer",
     "Trainer",
     "TransferTrainer",
     "prepare_transfer",

@@ -6,9 +6,10 @@ what is wrong, where it was looked for and how to fix it.
 * :func:`list_pretrain_dataset` lists ``DATASETS.TRAIN`` once (the epoch
   schedule, these checks and the train loader share the dicts);
 * :func:`check_pretrain_inputs` ``(cfg, dataset_dicts)`` is *the* start-up
-  validation of a pretraining run's data: registered names, and every proposal
+  validation of a pretraining run's data: registered names, every proposal
   / mask cache the mapper reads (it exists, holds the kind the mapper reads and
-  the dataset's image ids; else the exact ``precompute_proposals.py`` command).  Extend it by
+  the dataset's image ids; else the exact ``precompute_proposals.py`` command),
+  ``SOLVER.AMP.DTYPE`` and ``SOLVER.ACCUMULATE_STEPS`` (only where exact).  Extend it by
   adding checks to ``PRETRAIN_CHECKS`` or to :func:`check_cache`;
 * :func:`check_dataset`: a detectron2 (transfer) dataset's files are where
   detectron2 looks for them;
@@ -31,6 +32,7 @@ from ..data.datasets import datasets_root
 from ..errors import InputError
 from ..proposals.cache import CacheCorruptError
 from ..proposals.verify import check_cache as verify_cache_fits
+from . import steps
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,31 @@ def check_caches(cfg, dataset_dicts) -> None:
             check_cache(cfg, dataset_dicts, key, method)
 
 
-PRETRAIN_CHECKS = [check_registered_names, check_caches]
+def check_amp_dtype(cfg, dataset_dicts=None) -> None:
+    steps.check_amp_dtype(cfg)
+
+
+def check_accumulation(cfg, dataset_dicts=None) -> None:
+    """``SOLVER.ACCUMULATE_STEPS`` divides the batch, and the method's loss allows it
+    (the meta-architecture's ``accumulation_refusal``; docs/tools/pretrain_net.md, Gradient accumulation)."""
+    steps = cfg.SOLVER.ACCUMULATE_STEPS
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"SOLVER.ACCUMULATE_STEPS must be a whole number >= 1, got {steps!r}")
+    if steps == 1:
+        return
+    if cfg.SOLVER.IMS_PER_BATCH % steps:
+        raise InputError(f"SOLVER.ACCUMULATE_STEPS {steps} does not divide SOLVER.IMS_PER_BATCH "
+                         f"{cfg.SOLVER.IMS_PER_BATCH} (the images of one optimizer step)")
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    refusal = arch.accumulation_refusal(cfg) if hasattr(arch, "accumulation_refusal") else (
+        f"{arch.__name__} is not a soco_d2 pretraining method")
+    if refusal:
+        raise InputError(f"SOLVER.ACCUMULATE_STEPS {steps} would not give the step of the whole batch: {refusal}. "
+                         "Use SOLVER.ACCUMULATE_STEPS 1 (more processes, or a smaller SOLVER.IMS_PER_BATCH with "
+                         "the learning rate scaled)")
+
+
+PRETRAIN_CHECKS = [check_registered_names, check_caches, check_amp_dtype, check_accumulation]
 
 
 def check_pretrain_inputs(cfg, dataset_dicts) -> None:

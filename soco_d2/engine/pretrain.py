@@ -8,7 +8,8 @@ atomic checkpoints) with
 * the deterministic pretraining loader of ``soco_d2.data.build`` over the
   dataset dicts the setup listed, positioned at the resumed iteration (the
   loader is lazy: its workers start on the first batch, after
-  ``resume_or_load`` has set ``start_iter``);
+  ``resume_or_load`` has set ``start_iter``), in ``SOLVER.ACCUMULATE_STEPS``
+  slices per step (``soco_d2.engine.steps``);
 * hooks: per-iteration RNG seeding, IterationTimer, LRScheduler,
   ``MomentumHook``, PeriodicWriter (console, ``metrics.json``, TensorBoard),
   PeriodicCheckpointer; no evaluation;
@@ -41,7 +42,8 @@ from .metrics import MedianMetricPrinter, end_partial_line, format_loss_summary,
 from .norms import apply_norm_changes, syncbn_changes
 from .setup import RunSetup, cfg_from_args, check_device, cli_keys, is_cuda_run
 from .solver import build_pretrain_lr_scheduler, build_pretrain_optimizer
-from .trainer import PretrainAMPTrainer, PretrainCPUAutocastTrainer, PretrainSimpleTrainer, Trainer
+from .steps import PretrainStepTrainer, build_step_trainer
+from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +156,8 @@ class PretrainTrainer(Trainer):
 
     @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer):
-        if not cfg.SOLVER.AMP.ENABLED:
-            return PretrainSimpleTrainer(model, data_loader, optimizer)
-        if is_cuda_run(cfg):
-            return PretrainAMPTrainer(model, data_loader, optimizer)
-        logger.info("SOLVER.AMP.ENABLED on CPU: using bf16 torch.autocast('cpu')")
-        return PretrainCPUAutocastTrainer(model, data_loader, optimizer)
+        return build_step_trainer(cfg, model, data_loader, optimizer, PretrainStepTrainer,
+                                  accumulate_steps=cfg.SOLVER.ACCUMULATE_STEPS)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -4,9 +4,12 @@ run the same way on CPUs and GPUs, and to resume exactly.
 Differences from detectron2 0.6's ``DefaultTrainer``:
 * DDP is created without ``device_ids`` when the model is on CPU (0.6 always
   passes them, which DDP rejects for CPU modules);
-* ``SOLVER.AMP.ENABLED`` uses detectron2's ``AMPTrainer`` on CUDA and bf16
-  ``torch.autocast("cpu")`` on CPU (``AMPTrainer`` asserts CUDA);
+* the step is :class:`soco_d2.engine.steps.StepTrainer`: ``SOLVER.AMP`` in
+  bfloat16 or float16 (with a GradScaler) on CUDA, bf16 ``torch.autocast("cpu")``
+  on a CPU (detectron2 0.6's ``AMPTrainer`` is float16 only and asserts CUDA);
 * checkpoints hold the optimizer (and grad-scaler) state, which 0.6 drops;
+* a resumed run checks that every process resumed from the same checkpoint
+  (:func:`soco_d2.engine.resume.check_same_start`);
 * weights are read safely and checkpoints written atomically
   (:class:`soco_d2.checkpoint.SafeCheckpointer`; ``unsafe_load`` is ``--unsafe-load``);
 * the console line says its losses are medians (:class:`MedianMetricPrinter`).
@@ -19,11 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import weakref
 
 import torch
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
@@ -31,61 +33,9 @@ from detectron2.utils.logger import setup_logger
 
 from ..modeling.gather import broadcast_queues
 from ..checkpoint.checkpointer import SafeCheckpointer
-from .metrics import MedianMetricPrinter, check_finite_losses, write_pretrain_metrics
-from .setup import is_cuda_run
-
-
-class CPUAutocastTrainer(SimpleTrainer):
-    """SimpleTrainer whose forward runs under bf16 ``torch.autocast("cpu")``.
-
-    bf16 keeps fp32's exponent range, so no gradient scaler is needed.
-    """
-
-    def run_step(self):
-        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss_dict = self.model(data)
-        if isinstance(loss_dict, torch.Tensor):
-            loss_dict = {"total_loss": loss_dict}
-        loss_dict = {k: v.float() for k, v in loss_dict.items()}
-        losses = sum(loss_dict.values())
-        self.optimizer.zero_grad()
-        losses.backward()
-        self._write_metrics(loss_dict, data_time)
-        self.optimizer.step()
-
-
-class PretrainStepMixin:
-    """For detectron2's step trainers: the NaN/inf guard and full loss logging.
-
-    ``_write_metrics`` runs after backward and before the optimizer step in
-    ``SimpleTrainer``, ``AMPTrainer`` and ``CPUAutocastTrainer``, so raising
-    there leaves the weights (and every checkpoint) untouched.
-    """
-
-    nan_guard: bool = True
-    last_checkpoint_fn = None  # callable -> str, set by PretrainTrainer
-
-    def _write_metrics(self, loss_dict, data_time: float, prefix: str = "") -> None:
-        if self.nan_guard:
-            hint = self.last_checkpoint_fn() if self.last_checkpoint_fn is not None else ""
-            check_finite_losses(loss_dict, self.iter, hint)
-        write_pretrain_metrics(loss_dict, data_time, prefix)
-
-
-class PretrainSimpleTrainer(PretrainStepMixin, SimpleTrainer):
-    pass
-
-
-class PretrainAMPTrainer(PretrainStepMixin, AMPTrainer):
-    pass
-
-
-class PretrainCPUAutocastTrainer(PretrainStepMixin, CPUAutocastTrainer):
-    pass
+from .metrics import MedianMetricPrinter
+from .resume import check_same_start
+from .steps import StepTrainer, build_step_trainer
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -140,12 +90,16 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
-        if not cfg.SOLVER.AMP.ENABLED:
-            return SimpleTrainer(model, data_loader, optimizer)
-        if is_cuda_run(cfg):
-            return AMPTrainer(model, data_loader, optimizer)
-        logging.getLogger(__name__).info("SOLVER.AMP.ENABLED on CPU: using bf16 torch.autocast('cpu')")
-        return CPUAutocastTrainer(model, data_loader, optimizer)
+        """The step: ``StepTrainer`` in the precision of ``SOLVER.AMP`` (no accumulation here)."""
+        return build_step_trainer(cfg, model, data_loader, optimizer, StepTrainer)
+
+    def resume_or_load(self, resume=True):
+        """detectron2's, then (``resume``) a check that every process starts at the same
+        iteration from the same checkpoint."""
+        result = super().resume_or_load(resume=resume)
+        if resume:
+            check_same_start(self)
+        return result
 
     def build_writers(self):
         """Console (medians, labelled), ``metrics.json`` and TensorBoard."""

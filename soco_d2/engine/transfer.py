@@ -27,10 +27,11 @@ from detectron2.utils import comm
 from ..checkpoint.loading import load_pretrained_weights
 from ..data.subsets import register_subsets_in
 from ..errors import InputError
-from .checks import check_dataset, check_weights
+from .checks import check_amp_dtype, check_dataset, check_weights
 from .evaluators import EVALUATOR_TYPES, build_transfer_evaluator
 from .norms import apply_norm_changes, log_norm_changes, syncbn_changes
 from .results import write_results
+from .resume import check_same_start
 from .setup import RunSetup, cfg_from_args, check_device, is_cuda_run, setup_run
 from .trainer import Trainer
 
@@ -62,6 +63,10 @@ def check_transfer_inputs(cfg, eval_only: bool = False) -> None:
     """Every dataset the run reads is where detectron2 looks for it, and every test set has an evaluator."""
     for name in ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST):
         check_dataset(name)
+    check_amp_dtype(cfg)
+    if cfg.SOLVER.get("ACCUMULATE_STEPS", 1) != 1:
+        raise InputError(f"SOLVER.ACCUMULATE_STEPS {cfg.SOLVER.ACCUMULATE_STEPS}: gradient accumulation is a "
+                         "pretraining option; fine-tuning runs one batch per step (set it to 1)")
     for name in cfg.DATASETS.TEST:
         kind = MetadataCatalog.get(name).get("evaluator_type", None)
         if kind not in EVALUATOR_TYPES:
@@ -121,6 +126,8 @@ class TransferTrainer(Trainer):
             return super().resume_or_load(resume=True)  # model, optimizer, iteration
         load_pretrained_weights(self.model, self.cfg.MODEL.WEIGHTS, self.cfg.OUTPUT_DIR,
                                 unsafe_load=self.checkpointer.unsafe_load)
+        if resume:  # the processes that found a checkpoint check in Trainer.resume_or_load
+            check_same_start(self)
         return None
 
     @classmethod

@@ -135,6 +135,7 @@ def _detcon_direction(
     temperature: float,
     local_negatives: bool,
     offset: int,
+    cross_image: bool = True,
 ) -> torch.Tensor:
     """One direction of DetCon's loss (docs/methods/detcon.md, The loss, steps 1-6); inputs normalised.
 
@@ -148,6 +149,7 @@ def _detcon_direction(
     query's own image, so they come from the small (B, M, M) own-image blocks,
     while the other images enter only through log Z, as a log-sum-exp that
     ``_OtherImagesLogSumExp`` computes in chunks.  Same value and gradients.
+    Without ``cross_image`` negatives log Z is the own-image part alone.
     """
     batch, num_masks = ids_query.shape
     own_rows = slice(offset, offset + batch)
@@ -163,13 +165,15 @@ def _detcon_direction(
     else:  # only the positives are left of the own image
         own_kept = own_cross.masked_fill(~match_cross, _REMOVED)
     log_z_own = torch.logsumexp(own_kept, dim=2)  # (B, M)
+    weights = (num_pos > 0).float() / match_same.sum(dim=2).float()  # 1[|P| > 0] / duplicates
+    if not cross_image:
+        return (weights * (log_z_own - positive_mean)).mean()
     own_image = offset + torch.arange(batch * num_masks, device=pred.device) // num_masks  # per query row
     log_z_others = _OtherImagesLogSumExp.apply(
         pred.reshape(batch * num_masks, -1), target_cross.flatten(0, 1), target_same.flatten(0, 1),
         own_image, num_masks, float(temperature),
     ).view(batch, num_masks)
     per_query = torch.logaddexp(log_z_others, log_z_own) - positive_mean  # -sum_P (1/|P|) log softmax
-    weights = (num_pos > 0).float() / match_same.sum(dim=2).float()  # 1[|P| > 0] / duplicates
     return (weights * per_query).mean()
 
 
@@ -184,6 +188,7 @@ def detcon_loss_terms(
     local_negatives: bool = True,
     *,
     target_offset: int = 0,
+    cross_image_negatives: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two directions (L(1->2), L(2->1)) of ``detcon_loss``; their sum is the loss."""
     if pred1.shape != pred2.shape or ids1.shape != ids2.shape or ids1.shape != pred1.shape[:2]:
@@ -197,7 +202,9 @@ def detcon_loss_terms(
                          f"inside {target1.shape[0]} target images")
     p1, p2 = F.normalize(pred1, dim=-1), F.normalize(pred2, dim=-1)
     t1, t2 = F.normalize(target1, dim=-1), F.normalize(target2, dim=-1)
-    args = (temperature, local_negatives, target_offset)
+    if not cross_image_negatives and not local_negatives:
+        raise ValueError("without cross-image and local negatives a query has nothing to contrast with")
+    args = (temperature, local_negatives, target_offset, cross_image_negatives)
     return (
         _detcon_direction(p1, t2, t1, ids1, ids2, *args),
         _detcon_direction(p2, t1, t2, ids2, ids1, *args),
@@ -215,6 +222,7 @@ def detcon_loss(
     local_negatives: bool = True,
     *,
     target_offset: int = 0,
+    cross_image_negatives: bool = True,
 ) -> torch.Tensor:
     """DetCon's contrastive loss (the official ``byol_nce_detcon``; docs/methods/detcon.md, The loss).
 
@@ -239,9 +247,14 @@ def detcon_loss(
     entries only ever involve the query's own image.  The meta-architecture does
     the gathering (``soco_d2.modeling.gather``).  With N = B and offset 0 (the
     defaults) this is the single-process loss.
+
+    ``cross_image_negatives=False`` leaves the other images out (only the own
+    image's masks are negatives; not the paper): the loss is then a mean of
+    per-image terms and the targets need only hold the local images.
     """
     loss_12, loss_21 = detcon_loss_terms(
-        pred1, pred2, target1, target2, ids1, ids2, temperature, local_negatives, target_offset=target_offset
+        pred1, pred2, target1, target2, ids1, ids2, temperature, local_negatives, target_offset=target_offset,
+        cross_image_negatives=cross_image_negatives,
     )
     return loss_12 + loss_21
 

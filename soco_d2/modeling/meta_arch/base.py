@@ -38,6 +38,19 @@ class SSLMetaArch(nn.Module):
         self.metrics_period = int(metrics_period)
         self.max_iter = int(max_iter)
         self._metric_sums: dict[str, tuple[object, int]] = {}
+        # set by a step trainer that accumulates gradients: every forward but a step's last
+        # only adds to the metric sums, so the step's metrics are the mean over its slices
+        self.hold_metrics = False
+
+    @classmethod
+    def accumulation_refusal(cls, cfg) -> str | None:
+        """Why ``SOLVER.ACCUMULATE_STEPS > 1`` would not give the optimizer step of the whole
+        batch with this method and ``cfg`` (None: it does).  Accumulation is exact when the
+        loss of a batch is the mean of per-image terms (then the mean of equal slices' losses
+        is the batch's loss) and a forward changes no state the next one reads; methods that
+        meet this say so by overriding this."""
+        return (f"{cls.__name__} does not declare that its loss is a mean of per-image terms "
+                "(override accumulation_refusal)")
 
     @staticmethod
     def metrics_kwargs(cfg) -> dict:
@@ -108,6 +121,8 @@ class SSLMetaArch(nn.Module):
                 value = value.detach().float().reshape(())
             total, count = self._metric_sums.get(name, (0.0, 0))
             self._metric_sums[name] = (value + total, count + 1)
+        if self.hold_metrics:
+            return
         storage = get_event_storage()
         last = self.max_iter > 0 and storage.iter >= self.max_iter - 1
         if self.metrics_period > 1 and (storage.iter + 1) % self.metrics_period and not last:

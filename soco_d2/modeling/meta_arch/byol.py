@@ -39,6 +39,10 @@ class BYOL(SSLMetaArch):
             **cls.metrics_kwargs(cfg),
         }
 
+    @classmethod
+    def accumulation_refusal(cls, cfg) -> str | None:
+        return None  # the mean over images of 2 - 2 cos
+
     def embed(self, backbone, images: torch.Tensor) -> torch.Tensor:
         return backbone(images)[self.feature].mean(dim=(2, 3))
 

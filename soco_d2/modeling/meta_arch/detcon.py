@@ -47,14 +47,19 @@ from .base import SSLMetaArch
 VARIANTS = ("B", "S")
 
 
-def contrast_across_processes(queries, keys, ids, temperature: float, local_negatives: bool, keys_need_grad: bool):
+def contrast_across_processes(queries, keys, ids, temperature: float, local_negatives: bool, keys_need_grad: bool,
+                              cross_image_negatives: bool = True):
     """``detcon_loss_terms`` with the keys of every process as negatives.
 
     queries / keys: per view (B, K, D) of this process; ids: per view (B, K).  The
     keys are all-gathered in rank order (with gradient for DetCon-S, whose keys are
     its own projections) and this process's images sit at rows rank * B.  Averaged
     over processes (DDP's gradient mean), this is the single-process loss of the
-    global batch."""
+    global batch.  Without ``cross_image_negatives`` nothing is gathered: each
+    image contrasts against its own masks only."""
+    if not cross_image_negatives:
+        return detcon_loss_terms(queries[0], queries[1], keys[0], keys[1], ids[0], ids[1], temperature,
+                                 local_negatives, cross_image_negatives=False)
     gather = all_gather_with_grad if keys_need_grad else all_gather_no_grad
     gathered = [gather(k) for k in keys]
     offset = comm.get_rank() * queries[0].shape[0] if comm.get_world_size() > 1 else 0
@@ -81,6 +86,7 @@ class DetCon(SSLMetaArch):
         num_masks: int = 16,
         temperature: float = 0.1,
         local_negatives: bool = True,
+        cross_image_negatives: bool = True,
         pixel_mean,
         pixel_std,
         **metrics,
@@ -88,6 +94,9 @@ class DetCon(SSLMetaArch):
         super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, **metrics)
         if variant not in VARIANTS:
             raise ValueError(f"MODEL.DETCON.VARIANT must be one of {VARIANTS}, got {variant!r}")
+        if not cross_image_negatives and not local_negatives:
+            raise ValueError("MODEL.DETCON.CROSS_IMAGE_NEGATIVES False needs MODEL.DETCON.LOCAL_NEGATIVES True: "
+                             "without either a query has no negative")
         if variant == "B" and predictor is None:
             raise ValueError("DetCon-B needs a predictor (MODEL.SSL.PRED_HIDDEN_DIM > 0)")
         self.backbone = backbone
@@ -106,6 +115,7 @@ class DetCon(SSLMetaArch):
         self.num_masks = int(num_masks)
         self.temperature = float(temperature)
         self.local_negatives = bool(local_negatives)
+        self.cross_image_negatives = bool(cross_image_negatives)
         if variant == "B":
             self.make_target(["backbone", "projector"])
 
@@ -124,10 +134,20 @@ class DetCon(SSLMetaArch):
             "num_masks": detcon.NUM_MASKS,
             "temperature": cfg.MODEL.SSL.TEMPERATURE,
             "local_negatives": detcon.LOCAL_NEGATIVES,
+            "cross_image_negatives": detcon.CROSS_IMAGE_NEGATIVES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             **cls.metrics_kwargs(cfg),
         }
+
+    @classmethod
+    def accumulation_refusal(cls, cfg) -> str | None:
+        if not cfg.MODEL.DETCON.CROSS_IMAGE_NEGATIVES:
+            return None  # per image: its queries against its own masks; then the mean over images
+        return ("DetCon contrasts every mask with the masks of every other image of the global batch: "
+                "a slice of IMS_PER_BATCH / ACCUMULATE_STEPS images has fewer negatives and its own softmax "
+                "normalisation, so the slices' losses do not add up to the batch's "
+                "(MODEL.DETCON.CROSS_IMAGE_NEGATIVES False keeps only the own image's negatives and is exact)")
 
     def collate(self, samples):
         return collate_detcon(samples)
@@ -178,7 +198,8 @@ class DetCon(SSLMetaArch):
                 keys.append(projections)
 
         loss_12, loss_21 = contrast_across_processes(
-            queries, keys, ids, self.temperature, self.local_negatives, keys_need_grad=self.variant == "S"
+            queries, keys, ids, self.temperature, self.local_negatives, keys_need_grad=self.variant == "S",
+            cross_image_negatives=self.cross_image_negatives,
         )
         self.put_metrics(**batch["stats"])  # computed on the CPU by the collate
         return {"loss_detcon_12": loss_12, "loss_detcon_21": loss_21}

@@ -92,6 +92,12 @@ class MoCoV2(SSLMetaArch):
             **cls.metrics_kwargs(cfg),
         }
 
+    @classmethod
+    def accumulation_refusal(cls, cfg) -> str | None:
+        return (f"{cls.__name__} updates its negatives queue in every forward: the keys of one slice "
+                "would be negatives of the next slices of the same step, and the queue would advance "
+                "ACCUMULATE_STEPS times per optimizer step")
+
     # ------------------------------------------------------------------ encoders
     def encode(self, backbone, projector, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Backbone map ``feat`` (N, C, S, S) and global embedding ``global`` (N, D)."""

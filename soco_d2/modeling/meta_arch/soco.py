@@ -110,6 +110,10 @@ class SoCo(SSLMetaArch):
             **cls.metrics_kwargs(cfg),
         }
 
+    @classmethod
+    def accumulation_refusal(cls, cfg) -> str | None:
+        return None  # per image: the mean matched cosine of its boxes; then the mean over images
+
     def collate(self, samples):
         return collate_soco(samples, self.pooler.level_rule)
 
