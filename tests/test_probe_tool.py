@@ -166,6 +166,24 @@ def test_random_init_default_output_dir_and_overwrite(tmp_path, capsys):
         assert tool.cli(["--overwrite"] + argv) == 0  # the same random init (SEED) gives the same numbers
     assert json.loads((out / "probe_results.json").read_text())["results"] == record["results"]
 
+    # transfer_net.py --compare ... --probes: the probe columns join the AP rows
+    from soco_d2.engine import write_results
+
+    for name, ap in (("a", 12.5), ("b", 10.0)):
+        write_results(str(tmp_path / name), {"demo_instances_val": {"bbox": {"AP": ap, "AP50": 2 * ap}}})
+    capsys.readouterr()
+    transfer = load_tool("transfer_net")
+    assert transfer.cli(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--probes", str(out),
+                         str(out / "probe_results.json"), "--labels", "A", "B"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| APbb | APbb50 | region_knn top1 |" in lines[0]
+    knn = record["results"]["demo_instances_val"]["region_knn"]["top1"]
+    assert lines[2].startswith(f"| A | demo_instances_val | 12.5 | 25.0 | {knn:.1f} |")
+    assert lines[4].startswith("| Δ (A − B) |  | +2.5 | +5.0 | +0.0 |")
+    with pytest.raises(SystemExit) as err:
+        transfer.cli(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--probes", str(out)])
+    assert err.value.code == 2 and "1 probe results for 2 results files" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("case", ["not weights", "another depth", "no fpn", "training run", "bad dataset",
                                   "unsafe pickle"])
