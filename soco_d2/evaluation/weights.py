@@ -59,10 +59,10 @@ def load_probe_weights(model: ProbeModel, weights: str, *, unsafe_load: bool = F
     skipped = set(incompatible.missing_keys) | {name for name, *_ in getattr(incompatible, "incorrect_shapes", [])}
     required = [k for k in model.state_dict() if k.startswith("backbone.") and not k.endswith("num_batches_tracked")]
     if features is not None and not _needs_fpn(features):
-        required = [k for k in required if ".fpn_" not in k and not k.startswith("backbone.fpn_")]
+        required = [k for k in required if not k.startswith("backbone.fpn_")]
     missing = [k for k in required if k in skipped]
     if missing:
-        fpn = [k for k in missing if "fpn_" in k]
+        fpn = [k for k in missing if k.startswith("backbone.fpn_")]
         hint = (" (it has no FPN: probe res* features, e.g. TEST.PROBE.REGION_FEATURES [\"res5\"], or give weights "
                 "with an FPN)" if fpn and len(fpn) == len(missing) else
                 " (is MODEL.RESNETS.DEPTH / the config the architecture of these weights?)")
