@@ -29,6 +29,7 @@ DEMO_PRETRAIN_DIR = output/demo/pretrain/$(PRETRAIN_CONFIG)
 DEMO_CHECKPOINT = $(DEMO_PRETRAIN_DIR)/model_final.pth
 DEMO_CONVERTED = $(DEMO_PRETRAIN_DIR)/model_final_d2.pkl
 DEMO_TRANSFER_DIR := output/demo/transfer
+DEMO_PROBE_DIR := output/demo/probe
 
 .PHONY: venv demo test test-slow bench clean-demo
 
@@ -53,25 +54,33 @@ test-slow: venv
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 # The whole pipeline on the embedded demo data, on CPU:
-# proposals -> pretrain (METHOD) -> convert -> transfer (pretrained vs random init).
+# proposals -> pretrain (METHOD, probed every 10 iterations) -> loss/probe plot -> convert
+# -> probes and transfer of the pretrained weights and of random init, side by side.
 demo: venv
 	@test -n "$(PRETRAIN_CONFIG)" || { echo "unknown METHOD=$(METHOD); one of: soco soco_c4 soco_star detcon detcon_c5 detcon_s densecl byol mocov2"; exit 2; }
-	@echo "== 1/4 precompute proposals and masks for demo_images"
+	@echo "== 1/5 precompute proposals and masks for demo_images"
 	$(PY) tools/precompute_proposals.py --dataset demo_images --method selective_search --output $(DEMO_BOXES) --workers 2 --overwrite
 	$(PY) tools/precompute_proposals.py --dataset demo_images --method felzenszwalb --output $(DEMO_MASKS) --workers 2 --overwrite
-	@echo "== 2/4 pretrain $(METHOD) on demo_images ($(PRETRAIN_CONFIG))"
+	@echo "== 2/5 pretrain $(METHOD) on demo_images ($(PRETRAIN_CONFIG)), object-level probes every 10 iterations"
 	$(PY) tools/pretrain_net.py --overwrite --config-file configs/demo/$(PRETRAIN_CONFIG).yaml OUTPUT_DIR $(DEMO_PRETRAIN_DIR)
-	@echo "== 3/4 convert the checkpoint to the detectron2 model zoo format"
+	$(PY) tools/plot_metrics.py $(DEMO_PRETRAIN_DIR)/metrics.json
+	@echo "== 3/5 convert the checkpoint to the detectron2 model zoo format"
 	$(PY) tools/convert_to_d2.py $(DEMO_CHECKPOINT) $(DEMO_CONVERTED) --include all \
 	    --verify-config configs/transfer/demo_mask_rcnn_R_50_FPN.yaml
-	@echo "== 4/4 transfer: Mask R-CNN R50-FPN on demo_instances_train -> demo_instances_val"
+	@echo "== 4/5 probes: object-level kNN / linear on demo_instances_val (memory demo_instances_train)"
+	$(PY) tools/probe_net.py --overwrite --config-file configs/demo/$(PRETRAIN_CONFIG).yaml \
+	    --weights $(DEMO_CONVERTED) --label "$(METHOD)" OUTPUT_DIR $(DEMO_PROBE_DIR)/$(PRETRAIN_CONFIG)
+	$(PY) tools/probe_net.py --overwrite --config-file configs/demo/$(PRETRAIN_CONFIG).yaml \
+	    --weights "" --label "random init" OUTPUT_DIR $(DEMO_PROBE_DIR)/random_init
+	@echo "== 5/5 transfer: Mask R-CNN R50-FPN on demo_instances_train -> demo_instances_val"
 	$(PY) tools/transfer_net.py --overwrite --config-file configs/transfer/demo_mask_rcnn_R_50_FPN.yaml \
 	    MODEL.WEIGHTS $(DEMO_CONVERTED) OUTPUT_DIR $(DEMO_TRANSFER_DIR)/$(PRETRAIN_CONFIG)
 	$(PY) tools/transfer_net.py --overwrite --config-file configs/transfer/demo_mask_rcnn_R_50_FPN.yaml \
 	    OUTPUT_DIR $(DEMO_TRANSFER_DIR)/random_init
-	@echo "== demo_instances_val AP after the same fine-tune, from $(METHOD) pretraining and from random init"
+	@echo "== demo_instances_val: AP after the same fine-tune and object-level probe accuracy (region_*), from $(METHOD) pretraining and from random init"
 	@$(PY) tools/transfer_net.py --compare $(DEMO_TRANSFER_DIR)/$(PRETRAIN_CONFIG) $(DEMO_TRANSFER_DIR)/random_init \
-	    --labels "$(METHOD)" "random init"
+	    --probes $(DEMO_PROBE_DIR)/$(PRETRAIN_CONFIG) $(DEMO_PROBE_DIR)/random_init --labels "$(METHOD)" "random init"
+	@echo "loss and probe curves of the pretraining: $(DEMO_PRETRAIN_DIR)/loss_curve.png"
 
 bench: venv
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }

@@ -48,6 +48,8 @@ TOOLS = {
     "soco-d2-visualize": "visualize_proposals",
     "soco-d2-audit": "audit_detectron2",
     "soco-d2-collect-results": "collect_results",
+    "soco-d2-probe": "probe_net",
+    "soco-d2-plot-metrics": "plot_metrics",
 }
 
 setup(

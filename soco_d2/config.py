@@ -229,9 +229,12 @@ def _add_probe_config(cfg: CN) -> None:
     """TEST.PROBE: kNN / linear probes of the frozen backbone (soco_d2.evaluation):
     image level (globally pooled IMAGE_FEATURE of labelled image folders) and object
     level (RoIAlign of the ground-truth boxes of detectron2 instance datasets).
-    Accuracies are in percent, under the query dataset's name."""
+    Accuracies are in percent, under the query dataset's name.  Used by the pretraining
+    hook (soco_d2/engine/probe_hook.py) and tools/probe_net.py (docs/tools/probe_net.md)."""
     cfg.TEST.PROBE = CN()
-    # Run the probes during pretraining every PERIOD iterations (0 = only at the end).
+    # ENABLED: the pretraining trainer runs the probes on its online backbone after every
+    # PERIOD-th iteration (0 = only the last) and after the last one, logging
+    # probe/<task>_<metric> to metrics.json and TensorBoard.  tools/probe_net.py ignores both.
     cfg.TEST.PROBE.ENABLED = False
     cfg.TEST.PROBE.PERIOD = 0
     # Image level: labelled image folders, one sub-folder per class; a registered folder

@@ -62,13 +62,16 @@ def test_the_installed_wheel_runs_anywhere(dist, tmp_path):
     where = run([python, "-c", "import soco_d2, soco_d2.model_zoo as z; print(soco_d2.__file__); "
                  "print(z.get_config_file('demo/soco_r50_fpn.yaml'))"], cwd=str(work), env=env).stdout.split()
     assert all(p.startswith(str(venv)) for p in where), where  # the installed copy, not the repository
-    for tool in ("pretrain", "transfer", "precompute", "convert", "visualize"):
+    for tool in ("pretrain", "transfer", "precompute", "convert", "visualize", "probe", "plot-metrics"):
         assert "--no-progress" in run([f"soco-d2-{tool}", "--help"], cwd=str(work), env=env).stdout
     run(["soco-d2-precompute", "--dataset", "demo_images", "--method", "selective_search", "--workers", "0",
          "--output", "proposals/demo_images_ss.pcache", "--no-progress"], cwd=str(work), env=env)
     proc = run(["soco-d2-pretrain", "--no-progress", "--config-file", where[1], "SOLVER.MAX_ITER", "2",
-                "SOLVER.CHECKPOINT_PERIOD", "100", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "out"],
+                "SOLVER.CHECKPOINT_PERIOD", "100", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "out",
+                "TEST.PROBE.MAX_MEMORY_IMAGES", "3", "TEST.PROBE.MAX_QUERY_IMAGES", "2"],  # the demo's probe hook, small
                cwd=str(work), env=env)
     assert "loss curve (total_loss, 2 logged iterations 0..1" in proc.stdout
+    run(["soco-d2-plot-metrics", "out"], cwd=str(work), env=env)
+    assert os.path.isfile(work / "out" / "loss_curve.png")
     assert os.path.isfile(work / "out" / "model_final.pth")
     shutil.rmtree(work / "out")  # a SoCo R50-FPN checkpoint: do not keep it until the session ends

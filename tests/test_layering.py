@@ -9,7 +9,10 @@ order; importing a package counts as importing its stage.  Weights file I/O
 (safe reading, the checkpointer, loading with a report) sits with the trainer:
 the trainer writes and resumes checkpoints, and every later stage reads weights
 through it.  The transfer trainer, its evaluators and its results tables are one
-stage: the trainer runs its evaluation and writes the table.
+stage: the trainer runs its evaluation and writes the table.  The representation
+probes (features, classifiers) come before the trainer, which runs them during
+pretraining (the probe hook); reading weights for a probe (the converter), probe
+result files and plots come after it.
 """
 import ast
 import os
@@ -25,8 +28,11 @@ STAGES = [  # (stage, module prefixes), in data-flow order
     ("proposals cache", ["soco_d2.proposals"]),
     ("dataset dicts and mappers", ["soco_d2.data"]),
     ("meta-arch and losses", ["soco_d2.modeling"]),
+    ("representation probes", [f"soco_d2.evaluation.{m}" for m in (
+        "backbone", "data", "distributed", "features", "knn", "linear", "metrics", "probe")]),
     ("trainer and checkpoints", [f"soco_d2.engine.{m}" for m in (
-        "setup", "launch", "outputs", "checks", "norms", "solver", "hooks", "metrics", "steps", "resume", "trainer",
+        "setup", "launch", "outputs", "checks", "norms", "solver", "hooks", "metrics", "steps", "resume", "probe_hook",
+        "trainer",
         "pretrain")]
      + [f"soco_d2.checkpoint.{m}" for m in ("errors", "safe_load", "checkpointer", "loading")]),
     ("converter", ["soco_d2.checkpoint"]),

@@ -195,3 +195,29 @@ def test_pretraining_configs_benchmark_cudnn_on_their_fixed_view_sizes(name):
     # square views of fixed sides: every step sees the same input shapes
     assert cfg.CUDNN_BENCHMARK and all(isinstance(s, int) and s > 0 for s in cfg.INPUT.SSL.VIEW_SIZES), name
     assert not cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS, name  # tests/test_ddp_unused_parameters.py
+
+
+@pytest.mark.parametrize("name", sorted(os.path.basename(p) for p in glob.glob(project_config_path("*.yaml"))))
+def test_paper_configs_leave_the_probe_hook_off(name):
+    assert not load(name).TEST.PROBE.ENABLED  # their users set the probe datasets first
+
+
+@pytest.mark.parametrize("name", sorted(os.path.basename(p) for p in glob.glob(project_config_path("demo/*.yaml"))))
+def test_demo_configs_probe_the_demo_instances_with_the_models_own_features(name):
+    """The settings check of pretrain_net.py, then the hook's check on the method's own
+    model (built on the meta device: names and shapes only)."""
+    import torch
+
+    from soco_d2.evaluation import check_probe_settings, extractor_from_cfg
+    from soco_d2.evaluation.probe import configured_levels
+
+    cfg = load(f"demo/{name}")
+    probe = cfg.TEST.PROBE
+    assert probe.ENABLED and 0 < probe.PERIOD < cfg.SOLVER.MAX_ITER
+    assert (probe.REGION_MEMORY, probe.REGION_QUERIES) == ("demo_instances_train", "demo_instances_val")
+    check_probe_settings(cfg)
+    cfg.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert configured_levels(cfg, extractor_from_cfg(cfg, model)) == [
+        ("region", "demo_instances_train", "demo_instances_val")]

@@ -23,6 +23,7 @@ from soco_d2.evaluation import (
     extract_image_features,
     extract_region_features,
     extractor_from_cfg,
+    image_embeddings,
     knn_rank,
     load_probe_weights,
     region_embeddings,
@@ -219,6 +220,28 @@ def test_box_features_move_with_the_box_and_ignore_pixels_beyond_its_receptive_f
     assert beyond <= 1e-6 * reference.abs().max().item()
 
 
+def test_features_of_an_image_do_not_depend_on_the_other_images_of_its_batch():
+    """Padding a small image to a larger one of its batch would change its features near
+    the bottom/right border (the padded zeros become a bias after conv + norm), so the
+    numbers would depend on the batch size and the number of processes: images of
+    different sizes run in separate forward passes."""
+    cfg = tiny_probe_cfg("TEST.PROBE.REGION_MEMORY", "unused", "TEST.PROBE.IMAGE_MEMORY", "unused")
+    torch.manual_seed(0)
+    extractor = extractor_from_cfg(cfg, build_probe_model(cfg).eval())
+    names = ["p2", "p3", "p4", "p5"]
+    pooler = build_region_pooler(extractor.check(names, "features"))
+    small, large = _wide_photo(range(6))[:, :, :128], _wide_photo(range(3, 9))
+    box = torch.tensor([[70.0, 20.0, 126.0, 62.0]])  # near the small image's right border
+    with torch.no_grad():
+        alone = region_embeddings(extractor, [small], [box], names, pooler)
+        together = region_embeddings(extractor, [large, small, small.flip(-1)], [box, box, box], names, pooler)
+        image_alone = image_embeddings(extractor, [small], "res5")
+        image_together = image_embeddings(extractor, [small, large], "res5")
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(image_together[:1], image_alone, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(together[0], together[1])  # the other images are really in the call
+
+
 # ------------------------------------------------------------ weights, results, run_probes
 def test_load_probe_weights_fills_every_backbone_tensor(tmp_path, colour_data):
     cfg = _cfg(colour_data)
@@ -243,8 +266,13 @@ def test_load_probe_weights_fills_every_backbone_tensor(tmp_path, colour_data):
         assert torch.equal(tensor, from_pkl.state_dict()[name]), name
     partial = {k: v for k, v in source.state_dict().items() if "fpn_" not in k}  # a ResNet-only checkpoint
     torch.save({"model": partial}, checkpoint)
-    with pytest.raises(WeightsFileError, match="backbone tensors unfilled"):
-        load_probe_weights(target, str(checkpoint))
+    torch.manual_seed(4)
+    resnet_only = build_probe_model(cfg)
+    with pytest.raises(WeightsFileError, match="40 backbone tensors unfilled.*it has no FPN"):
+        load_probe_weights(resnet_only, str(checkpoint), features=["p2", "p3", "p4", "p5"])
+    load_probe_weights(resnet_only, str(checkpoint), features=["res5"])  # res* features need no FPN
+    for name, tensor in partial.items():
+        assert torch.equal(tensor, resnet_only.state_dict()[name]), name
 
 
 def test_res5_is_built_for_a_c4_config():

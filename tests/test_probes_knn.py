@@ -22,10 +22,10 @@ from soco_d2.evaluation import (
     plot_metrics,
     probe_results_markdown,
     rank_logits,
-    read_metrics,
     train_linear_probe,
     write_probe_results,
 )
+from soco_d2.engine.metrics import read_metrics
 
 
 def brute_force_knn(memory, labels, queries, num_classes, k, temperature, topk=5):
@@ -166,9 +166,11 @@ def test_plot_metrics_reads_resumed_and_truncated_files(tmp_path):
     lines += [{"iteration": 4, "total_loss": 9.0}, {"iteration": 5, "probe/region_knn_top1": 55.0}]  # resumed at 4
     path = tmp_path / "metrics.json"
     path.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"iteration": 6, "total_lo')  # killed mid-line
-    metrics = read_metrics(str(path))
+    metrics = {r["iteration"]: r for r in read_metrics(str(path), key=None)}  # the engine's one reader
     assert sorted(metrics) == [0, 1, 2, 3, 4, 5]
     assert metrics[4]["total_loss"] == 9.0 and metrics[2]["probe/region_knn_top1"] == 40.0
+    assert metrics[5] == {"iteration": 5, "total_loss": 1.5, "lr": 0.1, "probe/region_knn_top1": 55.0}  # rows merged
+    assert [r["iteration"] for r in read_metrics(str(path))] == [0, 1, 2, 3, 4, 5]  # default: rows with a loss
     png = plot_metrics(str(path))
     assert png == str(tmp_path / "loss_curve.png")
     with open(png, "rb") as f:

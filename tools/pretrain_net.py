@@ -31,7 +31,8 @@ def main(args, run=None):
     """One process of the run (``run``: the checked setup when it was made in this process)."""
     run = run or prepare_pretrain(args, check=False)
     cfg = setup_run(run.cfg, args, run.notes)
-    trainer = PretrainTrainer(cfg, dataset_dicts=run.dataset_dicts, unsafe_load=args.unsafe_load)
+    trainer = PretrainTrainer(cfg, dataset_dicts=run.dataset_dicts, unsafe_load=args.unsafe_load,
+                              progress=not args.no_progress)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     print_loss_summary(cfg)

@@ -9,6 +9,8 @@ examples:
   transfer_net.py --config-file ... --eval-only MODEL.WEIGHTS output/transfer/soco_coco_1x/model_final.pth
   # AP rows of several runs side by side (first minus second as a delta row)
   transfer_net.py --compare output/transfer/soco_coco_1x output/transfer/scratch --labels SoCo "random init"
+  # ... with the probe accuracies of the weights each run started from (probe_net.py) as more columns
+  transfer_net.py --compare RUN_A RUN_B --probes PROBE_A PROBE_B
 
 Inputs (config keys, datasets, MODEL.WEIGHTS, OUTPUT_DIR) are checked before
 anything is built. SyncBN in a config becomes naiveSyncBN on several CPU
@@ -29,6 +31,9 @@ def build_parser():
     parser.add_argument("--compare", nargs="+", metavar="RESULTS",
                         help="print the AP rows of these results.json files (or run folders) side by side and exit")
     parser.add_argument("--labels", nargs="+", help="row labels for --compare (default: the weights of each run)")
+    parser.add_argument("--probes", nargs="+", metavar="PROBE_RESULTS",
+                        help="with --compare: one probe_results.json (or probe_net.py folder) per row, its probe "
+                        "accuracies added as columns")
     return parser
 
 
@@ -39,7 +44,7 @@ def main(args, run=None):
 
 def compare(args):
     try:
-        print(compare_results(args.compare, args.labels))
+        print(compare_results(args.compare, args.labels, args.probes))
     except (OSError, ValueError, KeyError) as err:
         raise InputError(f"--compare: {err}") from None
 

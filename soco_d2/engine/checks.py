@@ -30,6 +30,7 @@ from ..data import SSL_MAPPER_REGISTRY
 from ..data.build import load_pretrain_dicts
 from ..data.datasets import datasets_root
 from ..errors import InputError
+from ..evaluation.probe import check_probe_settings
 from ..proposals.cache import CacheCorruptError
 from ..proposals.verify import check_cache as verify_cache_fits
 from . import steps
@@ -120,7 +121,14 @@ def check_accumulation(cfg, dataset_dicts=None) -> None:
                          "the learning rate scaled)")
 
 
-PRETRAIN_CHECKS = [check_registered_names, check_caches, check_amp_dtype, check_accumulation]
+
+def check_probes(cfg, dataset_dicts=None) -> None:
+    """With the probe hook on (TEST.PROBE.ENABLED): its datasets, features and classifiers."""
+    if cfg.TEST.PROBE.ENABLED:
+        check_probe_settings(cfg)
+
+
+PRETRAIN_CHECKS = [check_registered_names, check_caches, check_amp_dtype, check_accumulation, check_probes]
 
 
 def check_pretrain_inputs(cfg, dataset_dicts) -> None:

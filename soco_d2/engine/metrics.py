@@ -126,11 +126,14 @@ def end_partial_line(path: str) -> None:
                 f.write(b"\n")
 
 
-def read_metrics(path: str, max_iter: int | None = None) -> list[dict]:
-    """``metrics.json`` rows with a ``total_loss``, one per iteration (the last row
-    written for an iteration wins: a resumed run rewrites the iterations after its
-    checkpoint); a row cut short by a killed run is skipped; with ``max_iter``,
-    only iterations below it."""
+def read_metrics(path: str, max_iter: int | None = None, key: str | None = "total_loss") -> list[dict]:
+    """The rows of a detectron2 ``metrics.json``, one per iteration in order: every row
+    written for an iteration merged, a later value winning (a resumed run rewrites the
+    iterations after its checkpoint; the writer puts values logged at another time,
+    e.g. probe accuracies, in rows of their own).  A row cut short by a killed run is
+    skipped.  Only iterations that have ``key`` (None: every iteration) and, with
+    ``max_iter``, iterations below it.  The one reader of ``metrics.json``: the loss
+    summary, the probe hook and ``tools/plot_metrics.py`` use it."""
     rows: dict[int, dict] = {}
     with open(path) as f:
         for line in f:
@@ -142,9 +145,9 @@ def read_metrics(path: str, max_iter: int | None = None) -> list[dict]:
             except json.JSONDecodeError:
                 logger.warning("skipping a broken row of %s: %.80s", path, line)
                 continue
-            if "total_loss" in row and "iteration" in row and (max_iter is None or row["iteration"] < max_iter):
-                rows[int(row["iteration"])] = row
-    return [rows[k] for k in sorted(rows)]
+            if isinstance(row, dict) and "iteration" in row and (max_iter is None or row["iteration"] < max_iter):
+                rows.setdefault(int(row["iteration"]), {}).update(row)
+    return [rows[k] for k in sorted(rows) if key is None or key in rows[k]]
 
 
 def loss_curve_summary(metrics_path: str, fraction: float = 0.1, max_iter: int | None = None) -> dict:

@@ -11,8 +11,9 @@ atomic checkpoints) with
   ``resume_or_load`` has set ``start_iter``), in ``SOLVER.ACCUMULATE_STEPS``
   slices per step (``soco_d2.engine.steps``);
 * hooks: per-iteration RNG seeding, IterationTimer, LRScheduler,
-  ``MomentumHook``, PeriodicWriter (console, ``metrics.json``, TensorBoard),
-  PeriodicCheckpointer; no evaluation;
+  ``MomentumHook``, with ``TEST.PROBE.ENABLED`` the ``ProbeHook`` (kNN / linear
+  probes of the online backbone, :mod:`soco_d2.engine.probe_hook`),
+  PeriodicWriter (console, ``metrics.json``, TensorBoard), PeriodicCheckpointer;
 * every loss term always logged and the NaN/inf guard of ``engine.metrics``,
   which stops all ranks together before the optimizer step.
 
@@ -40,6 +41,7 @@ from .checks import check_pretrain_inputs, check_weights, list_pretrain_dataset
 from .hooks import IterationSeedHook, MomentumHook, unwrap_model
 from .metrics import MedianMetricPrinter, end_partial_line, format_loss_summary, loss_curve_summary
 from .norms import apply_norm_changes, syncbn_changes
+from .probe_hook import ProbeHook
 from .setup import RunSetup, cfg_from_args, check_device, cli_keys, is_cuda_run
 from .solver import build_pretrain_lr_scheduler, build_pretrain_optimizer
 from .steps import PretrainStepTrainer, build_step_trainer
@@ -123,8 +125,9 @@ def cpu_safe_norm_cfg(cfg: CfgNode) -> CfgNode:
 class PretrainTrainer(Trainer):
     """Self-supervised pretraining of any soco_d2 meta-architecture (see the module docstring)."""
 
-    def __init__(self, cfg, *, dataset_dicts=None, unsafe_load: bool = False):
+    def __init__(self, cfg, *, dataset_dicts=None, unsafe_load: bool = False, progress: bool = True):
         self.dataset_dicts = dataset_dicts  # listed by the setup; None: listed here
+        self.progress = progress  # progress bars (the probes'); False with --no-progress
         super().__init__(cfg, unsafe_load=unsafe_load)
         self._trainer.nan_guard = bool(cfg.SOLVER.NAN_GUARD)
         self._trainer.last_checkpoint_fn = functools.partial(last_good_checkpoint, self.checkpointer)
@@ -176,6 +179,9 @@ class PretrainTrainer(Trainer):
             ret.append(MomentumHook(model, cfg.MODEL.SSL.MOMENTUM, cfg.MODEL.SSL.MOMENTUM_SCHEDULE))
         else:
             logger.warning("%s has no momentum_update(tau): no momentum hook", type(model).__name__)
+        if cfg.TEST.PROBE.ENABLED:  # every rank; before the writer, which logs its values with the iteration's
+            metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+            ret.append(ProbeHook(cfg, self._trainer.model, metrics, progress=self.progress))
         if comm.is_main_process():
             # the writer runs before the checkpointer (detectron2 has them the other way round):
             # a run killed right after checkpoint k has already written iteration k's metrics,
@@ -223,8 +229,6 @@ class PretrainTrainer(Trainer):
         # the loader starts mapping on its first batch, so positioning it here is free
         self.train_loader.start_iter = self.start_iter
         return super().train()
-
-
 
 
 def print_loss_summary(cfg) -> None:

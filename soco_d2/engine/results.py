@@ -200,12 +200,19 @@ def results_markdown(runs, delta: bool = False) -> str:
     return "\n".join(lines)
 
 
-def compare_results(paths, labels=None) -> str:
-    """Side-by-side markdown table of several ``results.json`` files (first minus second as Δ)."""
+def compare_results(paths, labels=None, probes=None) -> str:
+    """Side-by-side markdown table of several ``results.json`` files (first minus second as Δ);
+    ``probes``: one ``probe_results.json`` (or its folder) per row, whose columns join that row."""
     records = [load_results(p) for p in paths]
     labels = list(labels or [])
     if labels and len(labels) != len(records):
         raise ValueError(f"{len(labels)} labels for {len(records)} results files")
+    if probes and len(probes) != len(records):
+        raise ValueError(f"{len(probes)} probe results for {len(records)} results files")
+    for record, probe in zip(records, probes or []):
+        probe = os.path.join(probe, "probe_results.json") if os.path.isdir(probe) else probe
+        for dataset, tasks in load_results(probe)["results"].items():
+            record["results"].setdefault(dataset, {}).update(tasks)
     runs = [(labels[i] if labels else r["label"], r["results"]) for i, r in enumerate(records)]
     return results_markdown(runs, delta=True)
 

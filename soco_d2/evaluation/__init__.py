@@ -2,24 +2,30 @@
 probes, at image level (globally pooled res5) and object level (RoIAlign of
 ground-truth boxes), configured by ``TEST.PROBE.*`` (soco_d2/config.py).
 
-Entry points (the pretraining hook and tools/probe_net.py call these):
+Entry points (the pretraining hook ``soco_d2.engine.probe_hook`` and
+``tools/probe_net.py`` call these):
 
-* ``build_probe_model(cfg)`` / ``load_probe_weights(model, weights)``;
+* ``build_probe_model(cfg)`` / ``load_probe_weights(model, weights)`` (any weights
+  ``tools/convert_to_d2.py`` reads);
 * ``run_probes(cfg, model_or_backbone) -> ProbeResults`` (on every rank);
 * ``write_probe_results(output_dir, results, weights)``, ``probe_results_markdown``;
-* ``plot_metrics(metrics_json)`` -> loss_curve.png.
+* ``plot_metrics(metrics_json)`` -> loss_curve.png (``tools/plot_metrics.py``).
 
-Import chain: evaluation imports data, modeling and config, never engine.
+Import chain: the probes themselves (backbone, data, features, classifiers,
+``probe``) import data, modeling and config, so the pretraining engine can run
+them; weights loading (the converter), results files, plots and the tool's work
+(``cli``) come after the engine.
 """
-from .backbone import ProbeModel, build_probe_model, load_probe_weights
+from .backbone import ProbeModel, build_probe_model
 from .features import FeatureExtractor, build_region_pooler, frozen, image_embeddings, region_embeddings
 from .knn import knn_rank
 from .linear import LinearProbeRecipe, train_linear_probe
 from .metrics import classification_metrics, rank_logits
-from .plot import plot_metrics, read_metrics
+from .plot import plot_metrics
 from .probe import (
     FeatureSet,
     ProbeResults,
+    check_probe_settings,
     evaluate_feature_sets,
     extract_image_features,
     extract_region_features,
@@ -27,6 +33,7 @@ from .probe import (
     run_probes,
 )
 from .results import load_probe_results, probe_results_markdown, write_probe_results
+from .weights import load_probe_weights
 
 __all__ = [
     "FeatureExtractor",
@@ -36,6 +43,7 @@ __all__ = [
     "ProbeResults",
     "build_probe_model",
     "build_region_pooler",
+    "check_probe_settings",
     "classification_metrics",
     "evaluate_feature_sets",
     "extract_image_features",
@@ -49,7 +57,6 @@ __all__ = [
     "plot_metrics",
     "probe_results_markdown",
     "rank_logits",
-    "read_metrics",
     "region_embeddings",
     "run_probes",
     "train_linear_probe",

@@ -34,6 +34,33 @@ def frozen(module: nn.Module):
         module.train(was_training)
 
 
+class BackboneWithRes5(nn.Module):
+    """A C4 backbone (a ResNet up to res4) followed by the res5 stage its region head
+    holds (SoCo_C4's ``box_head.res5``, like detectron2's ``Res5ROIHeads.res5``): there
+    the pretrained res5 lives, so that is what a res5 probe of such a model must run.
+    Shares the modules (no copy); the stage's first block has stride 2."""
+
+    def __init__(self, backbone: nn.Module, res5: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.res5 = res5
+        self.training = backbone.training  # frozen() restores this mode on both
+        res4 = backbone.output_shape()["res4"]
+        self._res5_shape = ShapeSpec(channels=res5[-1].out_channels, stride=res4.stride * 2)
+
+    @property
+    def size_divisibility(self) -> int:
+        return getattr(self.backbone, "size_divisibility", 0)
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {**self.backbone.output_shape(), "res5": self._res5_shape}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = dict(self.backbone(x))
+        features["res5"] = self.res5(features["res4"])
+        return features
+
+
 class FeatureExtractor:
     """Runs a detectron2 backbone on uint8 images and returns the named feature maps."""
 
@@ -94,11 +121,29 @@ def global_pool(feature: torch.Tensor, image_sizes, stride: int) -> torch.Tensor
     return torch.stack(pooled)
 
 
+def same_size_groups(images: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of ``images`` grouped by (H, W), in first-seen order.
+
+    Each group runs as its own forward pass: zero padding to a larger image of the
+    batch is not the conv's own zero padding (after the first conv + norm it is a
+    bias, not zero), so the features near an image's bottom/right border would
+    depend on the other images of its batch, and with them on the batch size and
+    the number of processes."""
+    groups: dict[tuple, list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[-2:]), []).append(index)
+    return list(groups.values())
+
+
 def image_embeddings(extractor: FeatureExtractor, images: list[torch.Tensor], name: str = "res5") -> torch.Tensor:
-    """(B, C) globally pooled feature ``name`` of each image."""
+    """(B, C) globally pooled feature ``name`` of each image (images of one size per forward pass)."""
     shape = extractor.check([name], "TEST.PROBE.IMAGE_FEATURE")[name]
-    batch = extractor.batch(images)
-    return global_pool(extractor.features(batch, [name])[name], batch.image_sizes, shape.stride)
+    pooled: list[torch.Tensor | None] = [None] * len(images)
+    for group in same_size_groups(images):
+        batch = extractor.batch([images[i] for i in group])
+        for i, row in zip(group, global_pool(extractor.features(batch, [name])[name], batch.image_sizes, shape.stride)):
+            pooled[i] = row
+    return torch.stack(pooled)
 
 
 def build_region_pooler(
@@ -134,8 +179,14 @@ def region_embeddings(
     pooler: ScaleAwareROIPooler,
 ) -> torch.Tensor:
     """(sum of boxes, C) RoIAlign features of each image's XYXY boxes (in the
-    image's pixels), averaged over the pooler's R x R bins; boxes in image order."""
-    batch = extractor.batch(images)
-    maps = extractor.features(batch, names)
-    box_lists = [Boxes(b.to(extractor.device, torch.float32)) for b in boxes]
-    return pooler([maps[n] for n in names], box_lists).mean(dim=(2, 3))
+    image's pixels), averaged over the pooler's R x R bins; boxes in image order
+    (images of one size per forward pass, see :func:`same_size_groups`)."""
+    per_image: list[torch.Tensor | None] = [None] * len(images)
+    for group in same_size_groups(images):
+        batch = extractor.batch([images[i] for i in group])
+        maps = extractor.features(batch, names)
+        box_lists = [Boxes(boxes[i].to(extractor.device, torch.float32)) for i in group]
+        pooled = pooler([maps[n] for n in names], box_lists).mean(dim=(2, 3))
+        for i, rows in zip(group, pooled.split([len(b) for b in box_lists])):
+            per_image[i] = rows
+    return torch.cat(per_image)

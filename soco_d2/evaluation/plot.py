@@ -1,39 +1,23 @@
 """Plot a detectron2 ``metrics.json``: the loss curve and, when the probe hook
-logged them, the probe accuracies over the iterations.
+logged them, the probe accuracies over the iterations (``tools/plot_metrics.py``).
 
-``metrics.json`` holds one JSON object per line (detectron2's ``JSONWriter``).
-A resumed run logs again the iterations after its last checkpoint: the last
-line of an iteration wins.  A truncated last line (a killed run) is skipped.
+The file is read by the engine's one reader (``soco_d2.engine.metrics.read_metrics``:
+a resumed run's rows win, a row cut short by a killed run is skipped).
 Rendering uses matplotlib's Agg canvas directly (no pyplot state, no display).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
-
-def read_metrics(path: str) -> dict[int, dict]:
-    """iteration -> logged values (later lines of an iteration override earlier ones)."""
-    by_iteration: dict[int, dict] = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "iteration" in entry:
-                by_iteration.setdefault(int(entry["iteration"]), {}).update(entry)
-    return dict(sorted(by_iteration.items()))
+from ..engine.metrics import read_metrics
 
 
-def series(metrics: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
-    points = [(i, v[key]) for i, v in metrics.items()
-              if isinstance(v.get(key), (int, float)) and math.isfinite(v[key])]
-    return [i for i, _ in points], [float(v) for _, v in points]
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(iterations, values) of ``key`` over ``read_metrics`` rows (missing and non-finite values left out)."""
+    points = [(r["iteration"], r[key]) for r in rows
+              if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [int(i) for i, _ in points], [float(v) for _, v in points]
 
 
 def plot_metrics(metrics_path: str, output_path: str | None = None, loss_keys=("total_loss",),
@@ -43,14 +27,14 @@ def plot_metrics(metrics_path: str, output_path: str | None = None, loss_keys=("
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    metrics = read_metrics(metrics_path)
-    losses = {k: series(metrics, k) for k in loss_keys}
+    rows = read_metrics(metrics_path, key=None)
+    losses = {k: series(rows, k) for k in loss_keys}
     losses = {k: s for k, s in losses.items() if s[0]}
     if not losses:
         raise ValueError(f"{metrics_path} has no {list(loss_keys)} values to plot")
-    probe_keys = sorted({k for v in metrics.values() for k in v
+    probe_keys = sorted({k for row in rows for k in row
                          if k.startswith("probe/") and k.endswith(tuple(probe_suffixes))})
-    probes = {k: series(metrics, k) for k in probe_keys}
+    probes = {k: series(rows, k) for k in probe_keys}
 
     figure = Figure(figsize=(7, 6 if probes else 3.5), layout="constrained")
     FigureCanvasAgg(figure)

@@ -21,6 +21,8 @@ import torch.nn as nn
 from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 
+from ..errors import InputError
+from .backbone import build_probe_model
 from .data import (
     ImageProbeMapper,
     RegionProbeMapper,
@@ -31,13 +33,24 @@ from .data import (
     resolve_image_folder,
 )
 from .distributed import extract
-from .features import FeatureExtractor, build_region_pooler, frozen, image_embeddings, region_embeddings
+from .features import (
+    BackboneWithRes5,
+    FeatureExtractor,
+    build_region_pooler,
+    frozen,
+    image_embeddings,
+    region_embeddings,
+)
 from .knn import knn_rank
 from .linear import LinearProbeRecipe, train_linear_probe
 from .metrics import classification_metrics, rank_logits
 
 logger = logging.getLogger(__name__)
 CLASSIFIERS = ("knn", "linear")
+
+
+class NonFiniteFeaturesError(ValueError):
+    """The backbone gave NaN/inf features: there is nothing to classify."""
 
 
 @dataclass
@@ -76,11 +89,19 @@ class ProbeResults:
 
 # ---------------------------------------------------------------- backbone
 def probed_backbone(model_or_backbone: nn.Module) -> nn.Module:
-    """The backbone of a (DDP-wrapped) meta-architecture, or the backbone itself."""
+    """The backbone of a (DDP-wrapped) meta-architecture, or the backbone itself.
+
+    A model whose backbone stops at res4 and whose region head holds the res5 stage
+    (SoCo_C4) gives that backbone followed by the head's res5 (``BackboneWithRes5``):
+    its res5 features are the pretrained ones."""
     module = getattr(model_or_backbone, "module", model_or_backbone)  # DistributedDataParallel
     backbone = getattr(module, "backbone", module)
     if not hasattr(backbone, "output_shape"):
         raise TypeError(f"{type(module).__name__} is neither a detectron2 Backbone nor has a .backbone")
+    res5 = getattr(getattr(module, "box_head", None), "res5", None)
+    shapes = backbone.output_shape()
+    if res5 is not None and "res5" not in shapes and "res4" in shapes:
+        return BackboneWithRes5(backbone, res5)
     return backbone
 
 
@@ -163,7 +184,9 @@ def evaluate_feature_sets(memory: FeatureSet, queries: FeatureSet, classifiers=C
         raise ValueError(f"TEST.PROBE.CLASSIFIERS {unknown} unknown; choose from {CLASSIFIERS}")
     for name, feature_set in (("memory", memory), ("queries", queries)):
         if not torch.isfinite(feature_set.features).all():
-            raise ValueError(f"the {name} features hold NaN/inf: the backbone's output is broken")
+            raise NonFiniteFeaturesError(
+                f"the {name} features hold NaN/inf: the backbone's output is broken (in eval mode, e.g. BatchNorm "
+                "running statistics that do not match the activations yet, early in training)")
     num_classes = len(queries.class_names)
     out = {}
     if "knn" in classifiers:
@@ -209,6 +232,19 @@ def configured_levels(cfg, extractor: FeatureExtractor) -> list[tuple[str, str, 
             if missing:
                 raise KeyError(f"TEST.PROBE region datasets {missing} are not registered detectron2 datasets")
     return levels
+
+
+def check_probe_settings(cfg) -> None:
+    """TEST.PROBE checked without reading an image: the datasets, features, sizes and
+    classifiers ``run_probes`` would use with ``build_probe_model(cfg)`` (built on the
+    meta device: no memory, no init cost).  Raises ``InputError`` ("TEST.PROBE: ...")."""
+    try:
+        with torch.device("meta"):
+            model = build_probe_model(cfg, device="meta")
+        configured_levels(cfg, extractor_from_cfg(cfg, model))
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise InputError(f"TEST.PROBE: {text}") from None
 
 
 def run_probes(cfg, model_or_backbone: nn.Module, *, progress: bool = True) -> ProbeResults:

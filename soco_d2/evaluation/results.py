@@ -3,12 +3,15 @@
 Schema (the one transfer's ``results.json`` uses, plus per-class accuracies):
 
     {"weights": str, "label": str, "iteration": int | null,
+     "seed": int, "data_seed": null, "protocol": {"name", "fingerprint"},   # with the run's cfg
      "results": {dataset: {task: {metric: value}}},     # percent, NaN -> null
      "per_class": {dataset: {task: {class name: top-1}}}}
 
+so ``tools/collect_results.py`` and ``transfer_net.py --compare`` read it like a
+``results.json`` (repeats with the same protocol are averaged).
+
 Tasks: image_knn, image_linear, region_knn, region_linear; metrics: top1,
-top5, mean_class_acc.  These helpers live here (not in engine/) because the
-engine imports evaluation, never the other way round.
+top5, mean_class_acc.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import json
 import math
 import os
 from collections import OrderedDict
+
+from ..engine.results import protocol_of
 
 TASK_NAMES = OrderedDict([
     ("image_knn", "img kNN"), ("image_linear", "img lin"), ("region_knn", "obj kNN"), ("region_linear", "obj lin"),
@@ -49,18 +54,31 @@ def current_iteration():
         return None
 
 
+def probe_protocol(cfg, config_file: str | None = None) -> dict:
+    """The protocol record of a probe run: named after its memory -> query sets, with the
+    fingerprint of ``engine.results.protocol_of`` (the config minus seed, weights, paths)."""
+    probe = cfg.TEST.PROBE
+    pairs = [(m, q) for m, q in ((probe.IMAGE_MEMORY, probe.IMAGE_QUERIES), (probe.REGION_MEMORY, probe.REGION_QUERIES)) if m]
+    record = protocol_of(cfg, config_file)
+    record["name"] = "probe " + ", ".join(f"{os.path.basename(os.path.normpath(m))}->{os.path.basename(os.path.normpath(q))}"
+                                          for m, q in pairs)
+    return record
+
+
 def write_probe_results(output_dir: str, results, weights: str = "", iteration: int | None = None,
-                        label: str | None = None) -> str:
+                        label: str | None = None, cfg=None, config_file: str | None = None) -> str:
     """Write ``probe_results.json`` and ``probe_results.md`` (one row per query set) to
-    ``output_dir``; ``results`` is a ``ProbeResults``.  Returns the json path."""
+    ``output_dir``; ``results`` is a ``ProbeResults``; with ``cfg``, also the seed and the
+    protocol.  Returns the json path."""
     os.makedirs(output_dir, exist_ok=True)
     record = {
         "weights": weights,
         "label": label or weights_label(weights),
         "iteration": current_iteration() if iteration is None else int(iteration),
-        "results": to_builtin(results.metrics),
-        "per_class": to_builtin(results.per_class),
     }
+    if cfg is not None:
+        record.update(seed=int(cfg.SEED), data_seed=None, protocol=probe_protocol(cfg, config_file))
+    record.update(results=to_builtin(results.metrics), per_class=to_builtin(results.per_class))
     path = os.path.join(output_dir, RESULTS_FILE)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
