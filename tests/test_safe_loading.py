@@ -169,6 +169,8 @@ def test_the_tools_refuse_before_anything_is_built(evil, tmp_path, suffix, capsy
                   marker, capsys)
     _tool_refuses("transfer_net", ["--config-file", "transfer/demo_mask_rcnn_R_50_FPN.yaml", "--eval-only",
                                    "MODEL.WEIGHTS", files[suffix], "OUTPUT_DIR", str(out)], marker, capsys)
+    _tool_refuses("probe_net", ["--config-file", "demo/soco_r50_fpn.yaml", "--weights", files[suffix],
+                                "OUTPUT_DIR", str(out)], marker, capsys)
     assert not out.exists()  # nothing was written: the check ran before any setup
     resume = tmp_path / "resume"
     resume.mkdir()
