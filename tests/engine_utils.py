@@ -72,3 +72,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_random_box_cache(path: str) -> str:
+    """A box cache of random boxes (10-60 % of each side, 20 per image) for the demo photos."""
+    import numpy as np
+
+    from soco_d2.data import get_pretrain_dicts
+    from soco_d2.proposals import CacheWriter
+
+    rng = np.random.default_rng(0)
+    header = {"method": "test", "generator": {}, "versions": {}, "source": "tests"}
+    with CacheWriter(path, "boxes", header) as boxes:
+        for d in get_pretrain_dicts("demo_images"):
+            h, w = d["height"], d["width"]
+            size = rng.uniform(0.1, 0.6, (20, 2)) * (w, h)
+            x0 = rng.uniform(0, 1, (20, 2)) * ((w, h) - size)
+            boxes.add_boxes(d["image_id"], h, w, np.round(np.concatenate([x0, x0 + size], axis=1)))
+        boxes.commit()
+    return path

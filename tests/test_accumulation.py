@@ -6,22 +6,20 @@ import itertools
 import json
 import os
 
-import numpy as np
 import pytest
 import soco_d2  # noqa: F401  (first: spawned processes import this module too)
 import torch
 
 from dist_utils import assert_same_step, one_training_step, run_in_gloo_processes
-from engine_utils import one_torch_thread, tiny_cfg  # noqa: F401  (autouse fixture)
+from engine_utils import one_torch_thread, tiny_cfg, write_random_box_cache  # noqa: F401  (autouse fixture)
 from config_utils import project_config_path
 from soco_d2.config import get_pretrain_cfg
-from soco_d2.data import build_ssl_mapper, get_pretrain_dicts
+from soco_d2.data import build_ssl_mapper
 from soco_d2.data.build import PretrainLoader, load_pretrain_dicts
 from soco_d2.engine import PretrainTrainer
 from soco_d2.engine.checks import check_pretrain_inputs
 from soco_d2.engine.hooks import unwrap_model
 from soco_d2.errors import InputError
-from soco_d2.proposals import CacheWriter
 
 GN = {"MODEL__RESNETS__NORM": "GN", "MODEL__SSL__HEAD_NORM": "GN"}
 TINY = {"SOLVER__MAX_ITER": 2, "SOLVER__WARMUP_ITERS": 1, "SOLVER__CHECKPOINT_PERIOD": 1,
@@ -86,17 +84,7 @@ def test_with_batchnorm_the_slices_step_differs(tmp_path):
 
 @pytest.fixture(scope="module")
 def box_cache(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("boxes") / "boxes.pcache")
-    rng = np.random.default_rng(0)
-    header = {"method": "test", "generator": {}, "versions": {}, "source": "tests"}
-    with CacheWriter(path, "boxes", header) as boxes:
-        for d in get_pretrain_dicts("demo_images"):
-            h, w = d["height"], d["width"]
-            size = rng.uniform(0.1, 0.6, (20, 2)) * (w, h)
-            x0 = rng.uniform(0, 1, (20, 2)) * ((w, h) - size)
-            boxes.add_boxes(d["image_id"], h, w, np.round(np.concatenate([x0, x0 + size], axis=1)))
-        boxes.commit()
-    return path
+    return write_random_box_cache(str(tmp_path_factory.mktemp("boxes") / "boxes.pcache"))
 
 
 def small_cfg(config: str, output_dir, *opts):

@@ -4,17 +4,14 @@ trainable parameter a gradient on every rank, although with 64 px views no box c
 reach P4 or P5 (sqrt(area) <= 64 < 96): a level without boxes still runs its
 RoIAlign backward.  With an unused parameter, DDP's second step would raise
 ("Expected to have finished reduction in the prior iteration")."""
-import numpy as np
 import pytest
 import soco_d2  # noqa: F401  (first: the spawned processes import this module too)
 from detectron2.utils import comm
 
 from dist_utils import run_in_gloo_processes
-from engine_utils import one_torch_thread  # noqa: F401  (autouse fixture)
+from engine_utils import one_torch_thread, write_random_box_cache  # noqa: F401  (autouse fixture)
 from soco_d2.config import get_pretrain_cfg
 from config_utils import project_config_path
-from soco_d2.data import get_pretrain_dicts
-from soco_d2.proposals import CacheWriter
 
 NARROW = [
     "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
@@ -37,17 +34,7 @@ VARIANTS = {
 @pytest.fixture(scope="module")
 def box_cache(tmp_path_factory):
     """Random boxes (10-60 % of each side) for the demo photos."""
-    path = str(tmp_path_factory.mktemp("boxes") / "boxes.pcache")
-    rng = np.random.default_rng(0)
-    header = {"method": "test", "generator": {}, "versions": {}, "source": "tests"}
-    with CacheWriter(path, "boxes", header) as boxes:
-        for d in get_pretrain_dicts("demo_images"):
-            h, w = d["height"], d["width"]
-            size = rng.uniform(0.1, 0.6, (20, 2)) * (w, h)
-            x0 = rng.uniform(0, 1, (20, 2)) * ((w, h) - size)
-            boxes.add_boxes(d["image_id"], h, w, np.round(np.concatenate([x0, x0 + size], axis=1)))
-        boxes.commit()
-    return path
+    return write_random_box_cache(str(tmp_path_factory.mktemp("boxes") / "boxes.pcache"))
 
 
 def variant_cfg(name: str, box_cache: str, output_dir: str):
