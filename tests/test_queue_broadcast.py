@@ -45,3 +45,39 @@ def test_queues_are_rank_zeros_right_after_the_trainer_is_built(tmp_path):
         assert rank0["trainer"].keys() == rank1["trainer"].keys()
         for key, buffer in rank0["trainer"].items():  # pointers and counters too
             assert torch.equal(rank1["trainer"][key], buffer), key
+
+
+def bn_stats_after_two_forwards() -> dict:
+    """A BatchNorm wrapped by ``wrap_ddp`` the way every trainer wraps models, fed
+    rank-local inputs twice, next to the same BatchNorm run without DDP."""
+    import warnings
+
+    from soco_d2.engine.trainer import no_forward_buffer_sync, wrap_ddp
+
+    torch.manual_seed(0)
+    local = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    wrapped = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    wrapped.load_state_dict(local.state_dict())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ddp = wrap_ddp(wrapped, **no_forward_buffer_sync())
+    generator = torch.Generator().manual_seed(comm.get_rank())
+    for _ in range(2):
+        x = torch.randn(2, 3, 5, 5, generator=generator) + comm.get_rank()
+        local(x)
+        ddp(x).sum().backward()
+    return {
+        "future_warnings": [str(w.message) for w in caught if issubclass(w.category, FutureWarning)],
+        "ddp_mean": wrapped[1].running_mean.clone(),
+        "local_mean": local[1].running_mean.clone(),
+    }
+
+
+def test_ddp_keeps_batchnorm_statistics_per_rank_without_deprecation_warnings():
+    """No broadcast of rank 0's buffers at each forward (detectron2's choice, which the
+    pretraining BN recipes assume), through the torch API that does not warn."""
+    ranks = run_in_gloo_processes(bn_stats_after_two_forwards, 2)
+    for rank in ranks:
+        assert rank["future_warnings"] == []
+        assert torch.equal(rank["ddp_mean"], rank["local_mean"])
+    assert not torch.equal(ranks[0]["ddp_mean"], ranks[1]["ddp_mean"])

@@ -45,7 +45,7 @@ from .probe_hook import ProbeHook
 from .setup import RunSetup, cfg_from_args, check_device, cli_keys, is_cuda_run
 from .solver import build_pretrain_lr_scheduler, build_pretrain_optimizer
 from .steps import PretrainStepTrainer, build_step_trainer
-from .trainer import Trainer
+from .trainer import Trainer, no_forward_buffer_sync
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class PretrainTrainer(Trainer):
 
     @classmethod
     def ddp_kwargs(cls, cfg) -> dict:
-        return {"broadcast_buffers": False, "find_unused_parameters": bool(cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS)}
+        return {**no_forward_buffer_sync(), "find_unused_parameters": bool(cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS)}
 
     @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer):

@@ -20,6 +20,7 @@ and ``build_step_trainer``.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import weakref
@@ -30,6 +31,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 
 from ..modeling.gather import broadcast_queues
 from ..checkpoint.checkpointer import SafeCheckpointer
@@ -44,6 +46,18 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def no_forward_buffer_sync() -> dict:
+    """DDP kwargs that stop DDP from broadcasting rank 0's buffers at every forward
+    (BN statistics stay per rank, as in detectron2; every rank enqueues the same
+    all-gathered keys).  torch >= 2.13 deprecates ``broadcast_buffers`` for
+    ``forward_sync_buffers``, which still syncs buffers once at construction;
+    older torch gets ``broadcast_buffers=False`` and :func:`broadcast_queues`
+    does that one sync for the queues."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 def wrap_ddp(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     """detectron2's ``create_ddp_model`` with ``device_ids`` only for CUDA modules."""
     if model_device(model).type == "cuda":
@@ -51,7 +65,7 @@ def wrap_ddp(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     else:
         kwargs["device_ids"] = None
     model = create_ddp_model(model, **kwargs)
-    broadcast_queues(model)  # DDP syncs parameters at construction, buffers only with broadcast_buffers
+    broadcast_queues(model)  # redundant on torch >= 2.13 (DDP syncs buffers once), needed on older torch
     return model
 
 
@@ -81,7 +95,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def ddp_kwargs(cls, cfg) -> dict:
-        return {"broadcast_buffers": False}
+        return no_forward_buffer_sync()
 
     @classmethod
     def build_ddp_model(cls, cfg, model: torch.nn.Module) -> torch.nn.Module:

@@ -88,9 +88,11 @@ def batch_unshuffle(outputs: torch.Tensor, unshuffle: torch.Tensor | None) -> to
 def broadcast_queues(model: torch.nn.Module) -> int:
     """Give every rank rank 0's negatives queues (every ``FeatureQueue`` buffer in
     ``model``); returns how many queues were broadcast.  Call once, right after
-    DDP wrapping: DDP with ``broadcast_buffers=False`` syncs parameters at
-    construction but not buffers, so randomly initialised queues would differ per
-    rank (per-rank seeds) until every entry has been overwritten.  From then on
+    DDP wrapping: on torch < 2.13, DDP with ``broadcast_buffers=False`` syncs
+    parameters at construction but not buffers, so randomly initialised queues
+    would differ per rank (per-rank seeds) until every entry has been overwritten
+    (newer torch's ``forward_sync_buffers=False`` syncs them once; this is then a
+    cheap repeat).  From then on
     every rank enqueues the same all-gathered keys.  A collective call."""
     from .queue import FeatureQueue
 
