@@ -31,7 +31,7 @@ DEMO_CONVERTED = $(DEMO_PRETRAIN_DIR)/model_final_d2.pkl
 DEMO_TRANSFER_DIR := output/demo/transfer
 DEMO_PROBE_DIR := output/demo/probe
 
-.PHONY: venv demo test test-slow bench clean-demo
+.PHONY: venv demo test test-slow docs bench clean-demo
 
 venv: $(STAMP)
 
@@ -52,6 +52,10 @@ test: venv
 
 test-slow: venv
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# The flag tables at the end of docs/tools/*.md, from the tools' parsers (after changing a flag).
+docs: venv
+	$(PY) -m soco_d2.cli_docs
 
 # The whole pipeline on the embedded demo data, on CPU:
 # proposals -> pretrain (METHOD, probed every 10 iterations) -> loss/probe plot -> convert

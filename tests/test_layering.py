@@ -23,7 +23,8 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 LINKED = {"tools", "configs"}  # setup.py links these into the package: not modules of the library
 
 STAGES = [  # (stage, module prefixes), in data-flow order
-    ("foundation", ["soco_d2.compat", "soco_d2.compat_audit", "soco_d2.config", "soco_d2.errors", "soco_d2.cli", "soco_d2.model_zoo"]),
+    ("foundation", ["soco_d2.compat", "soco_d2.compat_audit", "soco_d2.config", "soco_d2.errors", "soco_d2.cli",
+                    "soco_d2.cli_docs", "soco_d2.model_zoo"]),
     ("images", ["soco_d2.imageio", "soco_d2.data.datasets", "soco_d2.data.demo"]),
     ("proposals cache", ["soco_d2.proposals"]),
     ("dataset dicts and mappers", ["soco_d2.data"]),
