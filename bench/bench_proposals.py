@@ -307,8 +307,12 @@ def _cache_row(images, boxes, tmp, label):
 
 
 def bench_cache(args, sets):
+    with tempfile.TemporaryDirectory(prefix="bench_pcache-") as tmp:  # the caches written are removed
+        _bench_cache_in(args, sets, tmp)
+
+
+def _bench_cache_in(args, sets, tmp):
     print("\n## Cache size and read speed\n")
-    tmp = tempfile.mkdtemp(prefix="bench_pcache-")
     lat_images, lat_boxes = sets.pop("_latency")
     rows = []
     for (images_label, boxes_label), (images, props, filtered) in sets.items():

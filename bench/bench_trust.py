@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -64,51 +63,52 @@ def main():
     photos = get_pretrain_dicts("demo_images")
     gen = ProposalGenerator(get_preset("selective_search"))
     records = [gen.record(read_rgb(d["file_name"]))[0] for d in photos]
-    tmp = tempfile.mkdtemp(prefix="bench_trust-")
-    path = os.path.join(tmp, "big.pcache")
-    keys = [f"n{i % 1000:08d}/n{i % 1000:08d}_{i}" for i in range(args.images)]
-    with CacheWriter(path, "boxes", {"method": "selective_search", "generator": {}, "versions": {}, "source": {}}) as w:
-        for i, key in enumerate(keys):
-            w.add_record(key, records[i % len(records)])
-    rng = random.Random(0)
-    sample = [keys[rng.randrange(len(keys))] for _ in range(args.reads)]
-    checked, plain = ProposalCache(path), unchecked(ProposalCache(path))
-    in_order = checked.keys()[: args.reads]
-    rows = []
-    for label, ks in (("`cache[key]`, random keys", sample), ("`cache[key]`, keys in file order", in_order)):
-        def reader(c, ks=ks):
-            def run():
-                c._blocks.clear()
-                return cpu(lambda: [c[k] for k in ks], len(ks))
-            return run
-        t_crc, t_plain = interleaved(reader(checked), reader(plain), args.repeats)
-        rows.append((label, t_crc * 1e6, t_plain * 1e6, "us"))
-    index = open(path, "rb").read()[checked._blob_base - checked.header["sections"]["blob"][0] : checked._blob_base]
-    t_open, t_crc = interleaved(lambda: cpu(lambda: ProposalCache(path).close()),
-                                lambda: cpu(lambda: zlib.crc32(index)), args.repeats)
-    rows.append(("open (header, index CRC32)", t_open * 1e3, (t_open - t_crc) * 1e3, "ms"))
-    size = os.path.getsize(path) / 1e6
-    print(f"## Cache checks: {args.images:,}-image box cache ({size:.1f} MB), CPU time, median of {args.repeats} interleaved\n")
-    print("| operation | checked | unchecked (open: minus the index CRC32) | ratio |\n|---|---|---|---|")
-    for label, a, b, unit in rows:
-        print(f"| {label} | {a:.1f} {unit} | {b:.1f} {unit} | {a / b:.2f}x |")
+    with tempfile.TemporaryDirectory(prefix="bench_trust-") as tmp:  # removed even when a step fails
+        path = os.path.join(tmp, "big.pcache")
+        keys = [f"n{i % 1000:08d}/n{i % 1000:08d}_{i}" for i in range(args.images)]
+        header = {"method": "selective_search", "generator": {}, "versions": {}, "source": {}}
+        with CacheWriter(path, "boxes", header) as w:
+            for i, key in enumerate(keys):
+                w.add_record(key, records[i % len(records)])
+        rng = random.Random(0)
+        sample = [keys[rng.randrange(len(keys))] for _ in range(args.reads)]
+        checked, plain = ProposalCache(path), unchecked(ProposalCache(path))
+        in_order = checked.keys()[: args.reads]
+        rows = []
+        for label, ks in (("`cache[key]`, random keys", sample), ("`cache[key]`, keys in file order", in_order)):
+            def reader(c, ks=ks):
+                def run():
+                    c._blocks.clear()
+                    return cpu(lambda: [c[k] for k in ks], len(ks))
+                return run
+            t_crc, t_plain = interleaved(reader(checked), reader(plain), args.repeats)
+            rows.append((label, t_crc * 1e6, t_plain * 1e6, "us"))
+        index = open(path, "rb").read()[checked._blob_base - checked.header["sections"]["blob"][0] : checked._blob_base]
+        t_open, t_crc = interleaved(lambda: cpu(lambda: ProposalCache(path).close()),
+                                    lambda: cpu(lambda: zlib.crc32(index)), args.repeats)
+        rows.append(("open (header, index CRC32)", t_open * 1e3, (t_open - t_crc) * 1e3, "ms"))
+        size = os.path.getsize(path) / 1e6
+        print(f"## Cache checks: {args.images:,}-image box cache ({size:.1f} MB), CPU time, "
+              f"median of {args.repeats} interleaved\n")
+        print("| operation | checked | unchecked (open: minus the index CRC32) | ratio |\n|---|---|---|---|")
+        for label, a, b, unit in rows:
+            print(f"| {label} | {a:.1f} {unit} | {b:.1f} {unit} | {a / b:.2f}x |")
 
-    dicts = [{"image_id": k} for k in keys]
-    t_same = cpu(lambda: check_cache(path, "boxes", dicts))
-    t_subset = cpu(lambda: check_cache(path, "boxes", dicts[: len(dicts) // 2]))
-    print(f"\nStart-up check against the dataset: same image ids (digest) {t_same * 1e3:.0f} ms; "
-          f"half of them (index look-ups) {t_subset * 1e3:.0f} ms CPU, for {args.images:,} images")
+        dicts = [{"image_id": k} for k in keys]
+        t_same = cpu(lambda: check_cache(path, "boxes", dicts))
+        t_subset = cpu(lambda: check_cache(path, "boxes", dicts[: len(dicts) // 2]))
+        print(f"\nStart-up check against the dataset: same image ids (digest) {t_same * 1e3:.0f} ms; "
+              f"half of them (index look-ups) {t_subset * 1e3:.0f} ms CPU, for {args.images:,} images")
 
-    files = [d["file_name"] for d in photos]
-    pixels = sum(read_rgb(f).shape[0] * read_rgb(f).shape[1] for f in files)
-    t_ours, t_d2 = interleaved(lambda: cpu(lambda: [read_rgb(f) for f in files]),
-                               lambda: cpu(lambda: [read_image(f, format="RGB") for f in files]), args.repeats)
-    print(f"\nImage reader on the {len(files)} demo photos ({pixels / 1e6:.1f} Mpixel): soco_d2.imageio.read_rgb "
-          f"{pixels / t_ours / 1e6:.1f} Mpixel/s vs detectron2 read_image {pixels / t_d2 / 1e6:.1f} Mpixel/s CPU "
-          f"(ratio {t_d2 / t_ours:.2f}x)")
-    checked.close()
-    plain.close()
-    shutil.rmtree(tmp)
+        files = [d["file_name"] for d in photos]
+        pixels = sum(read_rgb(f).shape[0] * read_rgb(f).shape[1] for f in files)
+        t_ours, t_d2 = interleaved(lambda: cpu(lambda: [read_rgb(f) for f in files]),
+                                   lambda: cpu(lambda: [read_image(f, format="RGB") for f in files]), args.repeats)
+        print(f"\nImage reader on the {len(files)} demo photos ({pixels / 1e6:.1f} Mpixel): soco_d2.imageio.read_rgb "
+              f"{pixels / t_ours / 1e6:.1f} Mpixel/s vs detectron2 read_image {pixels / t_d2 / 1e6:.1f} Mpixel/s CPU "
+              f"(ratio {t_d2 / t_ours:.2f}x)")
+        checked.close()
+        plain.close()
 
 
 if __name__ == "__main__":
