@@ -260,7 +260,7 @@ def step_report(device: str, batch: int, steps: int, box_cache: str) -> list[str
 def _ddp_worker(configs, batch, box_cache, result_dir):
     from detectron2.utils import comm
 
-    from soco_d2.engine.trainer import wrap_ddp
+    from soco_d2.engine.trainer import no_forward_buffer_sync, wrap_ddp
 
     dicts = get_pretrain_dicts("demo_images")
     out = {}
@@ -268,7 +268,7 @@ def _ddp_worker(configs, batch, box_cache, result_dir):
         cfg = smoke_cfg(name, "cuda", batch, box_cache, sync_bn=True)
         data = make_batch(build_ssl_mapper(cfg), dicts[comm.get_rank():] + dicts[:comm.get_rank()], batch)
         torch.manual_seed(comm.get_rank())  # DDP must make the weights equal
-        model = wrap_ddp(build_model(cfg).train(), broadcast_buffers=False)
+        model = wrap_ddp(build_model(cfg).train(), **no_forward_buffer_sync())
         step = Step(cfg, model)
         step(data)
         torch.cuda.synchronize()

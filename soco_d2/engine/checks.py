@@ -104,22 +104,21 @@ def check_amp_dtype(cfg, dataset_dicts=None) -> None:
 def check_accumulation(cfg, dataset_dicts=None) -> None:
     """``SOLVER.ACCUMULATE_STEPS`` divides the batch, and the method's loss allows it
     (the meta-architecture's ``accumulation_refusal``; docs/tools/pretrain_net.md, Gradient accumulation)."""
-    steps = cfg.SOLVER.ACCUMULATE_STEPS
-    if not isinstance(steps, int) or steps < 1:
-        raise InputError(f"SOLVER.ACCUMULATE_STEPS must be a whole number >= 1, got {steps!r}")
-    if steps == 1:
+    accumulate = cfg.SOLVER.ACCUMULATE_STEPS
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise InputError(f"SOLVER.ACCUMULATE_STEPS must be a whole number >= 1, got {accumulate!r}")
+    if accumulate == 1:
         return
-    if cfg.SOLVER.IMS_PER_BATCH % steps:
-        raise InputError(f"SOLVER.ACCUMULATE_STEPS {steps} does not divide SOLVER.IMS_PER_BATCH "
+    if cfg.SOLVER.IMS_PER_BATCH % accumulate:
+        raise InputError(f"SOLVER.ACCUMULATE_STEPS {accumulate} does not divide SOLVER.IMS_PER_BATCH "
                          f"{cfg.SOLVER.IMS_PER_BATCH} (the images of one optimizer step)")
     arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     refusal = arch.accumulation_refusal(cfg) if hasattr(arch, "accumulation_refusal") else (
         f"{arch.__name__} is not a soco_d2 pretraining method")
     if refusal:
-        raise InputError(f"SOLVER.ACCUMULATE_STEPS {steps} would not give the step of the whole batch: {refusal}. "
+        raise InputError(f"SOLVER.ACCUMULATE_STEPS {accumulate} would not give the step of the whole batch: {refusal}. "
                          "Use SOLVER.ACCUMULATE_STEPS 1 (more processes, or a smaller SOLVER.IMS_PER_BATCH with "
                          "the learning rate scaled)")
-
 
 
 def check_probes(cfg, dataset_dicts=None) -> None:

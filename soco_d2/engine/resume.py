@@ -23,12 +23,14 @@ from .hooks import unwrap_model
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """A short digest of every floating-point tensor of ``model``'s state (one device sync)."""
+    """A short digest of the bytes of every floating-point tensor of ``model``'s state (one
+    copy to the host).  Bytes, not sums: a reduction's order depends on the GPU model, so
+    equal weights on different hardware could give different sums."""
     tensors = [t for t in unwrap_model(model).state_dict().values() if torch.is_floating_point(t)]
     if not tensors:
         return "-"
-    sums = torch.stack([t.detach().double().sum() for t in tensors] + [t.detach().double().abs().sum() for t in tensors])
-    return hashlib.sha1(sums.cpu().numpy().tobytes()).hexdigest()[:12]
+    data = torch.cat([t.detach().contiguous().reshape(-1).view(torch.uint8) for t in tensors])
+    return hashlib.sha1(data.cpu().numpy().tobytes()).hexdigest()[:12]
 
 
 def start_identity(trainer) -> dict:

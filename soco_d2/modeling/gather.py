@@ -92,8 +92,8 @@ def broadcast_queues(model: torch.nn.Module) -> int:
     parameters at construction but not buffers, so randomly initialised queues
     would differ per rank (per-rank seeds) until every entry has been overwritten
     (newer torch's ``forward_sync_buffers=False`` syncs them once; this is then a
-    cheap repeat).  From then on
-    every rank enqueues the same all-gathered keys.  A collective call."""
+    cheap repeat).  From then on every rank enqueues the same all-gathered keys.
+    A collective call."""
     from .queue import FeatureQueue
 
     queues = [m for m in model.modules() if isinstance(m, FeatureQueue)]
