@@ -156,9 +156,10 @@ class StepTrainer(SimpleTrainer):
                 if len(slices) > 1:
                     losses = losses / len(slices)  # the step's loss is the mean of its slices' losses
                 (self.grad_scaler.scale(losses) if self.grad_scaler is not None else losses).backward()
-            for name, value in loss_dict.items():
-                value = value.detach() / len(slices)
-                step_losses[name] = step_losses[name] + value if name in step_losses else value
+            if len(slices) > 1:  # the step's metrics: the mean over its slices
+                for name, value in loss_dict.items():
+                    value = value.detach() / len(slices)
+                    step_losses[name] = step_losses[name] + value if name in step_losses else value
         self._write_metrics(step_losses if len(slices) > 1 else loss_dict, data_time)
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
